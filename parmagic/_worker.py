@@ -1,0 +1,297 @@
+"""What runs in a worker: load the run's payload once, run a batch of iterations.
+
+Imported by worker processes, so it imports nothing heavy (no IPython, no
+ipywidgets). A batch runs the compiled loop body for consecutive items and
+returns their effect records, output, timings, errors and the body's locals
+after its last iteration; the kernel commits them in iteration order.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import linecache
+import marshal
+import mmap
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Prefix of every name the rewriter introduces; never shown to the user.
+RESERVED = "__pm_"
+
+
+@dataclass
+class Payload:
+    """Everything a worker needs for one run, sent once per run."""
+
+    key: str
+    code: bytes  # marshal.dumps of the module code that defines __pm_batch
+    filename: str  # the cell's filename, for tracebacks and linecache
+    source: str  # the cell's source, so worker tracebacks show its lines
+    captured: dict[str, Any]
+    collect: bool = False  # --on-error collect: go on after a failing iteration
+    timeout: float | None = None  # seconds per iteration
+    pickle_locals: bool = True  # results travel between processes
+
+
+class PayloadRef:
+    """How a task finds its run's payload; ``load`` runs in the worker."""
+
+    key: str = ""
+
+    def load(self) -> Payload:
+        """Return the payload (called at most once per worker per run)."""
+        raise NotImplementedError
+
+
+class InlineRef(PayloadRef):
+    """The payload itself: for in-kernel backends and for dask (which caches scattered data)."""
+
+    def __init__(self, payload: Payload):
+        self.key = payload.key
+        self.payload = payload
+
+    def load(self) -> Payload:
+        """Return the payload held inline."""
+        return self.payload
+
+
+class FileRef(PayloadRef):
+    """A payload pickled (protocol 5) to a private file; big buffers are memory-mapped, not copied."""
+
+    def __init__(self, key: str, path: str):
+        self.key = key
+        self.path = path
+
+    def load(self) -> Payload:
+        """Map the file and unpickle; NumPy arrays come back as read-only views of the map."""
+        with open(self.path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mm)
+        n_buffers = int.from_bytes(view[:8], "little")
+        pos = 8
+        spans = []
+        for _ in range(n_buffers + 1):
+            length = int.from_bytes(view[pos : pos + 8], "little")
+            spans.append(length)
+            pos += 8
+        main_len, buffer_lens = spans[0], spans[1:]
+        main = view[pos : pos + main_len]
+        pos += main_len
+        buffers = []
+        for length in buffer_lens:
+            buffers.append(view[pos : pos + length])
+            pos += length
+        return pickle.loads(main, buffers=buffers)
+
+
+def write_payload_file(path: str, payload: Payload, dumps_with_buffers: Any) -> None:
+    """Write ``payload`` to ``path`` (mode 0600): header, pickle stream, out-of-band buffers.
+
+    ``dumps_with_buffers(obj) -> (bytes, [PickleBuffer])`` is cloudpickle with
+    protocol 5, supplied by the kernel side so this module needs no cloudpickle.
+    """
+    main, buffers = dumps_with_buffers(payload)
+    raws = [b.raw() for b in buffers]
+    header = [len(raws).to_bytes(8, "little"), len(main).to_bytes(8, "little")]
+    header += [r.nbytes.to_bytes(8, "little") for r in raws]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"".join(header))
+        f.write(main)
+        for r in raws:
+            f.write(r)
+
+
+@dataclass
+class BatchResult:
+    """What one batch sends back; iteration indexes are absolute."""
+
+    start: int
+    ran: int  # iterations attempted (ran to the end or failed)
+    pid: int
+    effects: list[tuple[int, int, tuple]] = field(default_factory=list)  # (k, effect id, values)
+    outputs: list[tuple[int, str, str]] = field(default_factory=list)  # (k, stream, text)
+    starts: list[float] = field(default_factory=list)  # time.time() at each iteration's start
+    durations: list[float] = field(default_factory=list)
+    errors: list[tuple[int, BaseException, str]] = field(default_factory=list)  # (k, exc, tb)
+    locals: dict[str, Any] = field(default_factory=dict)  # values, or cloudpickle bytes
+    unsent_locals: list[str] = field(default_factory=list)
+
+
+class _Cache:
+    """The last run's payload and compiled batch function, per worker process."""
+
+    key: str | None = None
+    payload: Payload | None = None
+    fn: Any = None
+
+
+_cache = _Cache()
+
+
+def _batch_function(ref: PayloadRef) -> tuple[Payload, Any]:
+    if _cache.key != ref.key:
+        payload = ref.load()
+        glb = dict(payload.captured)
+        glb["__builtins__"] = builtins
+        glb.setdefault("__name__", "__main__")
+        exec(marshal.loads(payload.code), glb)
+        lines = payload.source.splitlines(True)
+        linecache.cache[payload.filename] = (len(payload.source), None, lines, payload.filename)
+        _cache.key, _cache.payload, _cache.fn = ref.key, payload, glb["__pm_batch"]
+    return _cache.payload, _cache.fn
+
+
+class _Capture(io.TextIOBase):
+    """A stream that tags every write with the iteration running at the time."""
+
+    def __init__(self, state: _BatchState, stream: str):
+        self._state = state
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        outputs = self._state.result.outputs
+        k = self._state.current
+        if outputs and outputs[-1][0] == k and outputs[-1][1] == self._stream:
+            outputs[-1] = (k, self._stream, outputs[-1][2] + text)
+        else:
+            outputs.append((k, self._stream, text))
+        return len(text)
+
+
+class _BatchState:
+    """Per-batch bookkeeping the compiled body calls into (``mark``, ``record``)."""
+
+    def __init__(self, result: BatchResult, timeout: float | None):
+        self.result = result
+        self.current = result.start - 1
+        self.timeout = timeout
+        self._t0: float | None = None
+        self.record = result.effects.append
+
+    def mark(self, k: int) -> None:
+        """Iteration ``k`` starts: close the previous one's timing, re-arm the timeout."""
+        now = time.perf_counter()
+        self.close(now)
+        self.current = k
+        self._t0 = now
+        self.result.starts.append(time.time())
+        if self.timeout:
+            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+
+    def close(self, now: float | None = None) -> None:
+        """The running iteration ended (or failed): record its duration."""
+        if self._t0 is not None:
+            self.result.durations.append((now or time.perf_counter()) - self._t0)
+            self._t0 = None
+        if self.timeout:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _raise_timeout(signum: int, frame: Any) -> None:
+    from .errors import IterationTimeoutError
+
+    raise IterationTimeoutError("iteration ran past its --timeout")
+
+
+def run_batch(ref: PayloadRef, start: int, items: list) -> BatchResult:
+    """Run the loop body for ``items`` (iterations ``start``, ``start+1``, ...)."""
+    payload, fn = _batch_function(ref)
+    result = BatchResult(start=start, ran=0, pid=os.getpid())
+    state = _BatchState(result, _usable_timeout(payload.timeout))
+    old_out, old_err = sys.stdout, sys.stderr
+    in_kernel = not payload.pickle_locals
+    if not in_kernel:
+        sys.stdout, sys.stderr = _Capture(state, "stdout"), _Capture(state, "stderr")
+    old_alarm = signal.signal(signal.SIGALRM, _raise_timeout) if state.timeout else None
+    try:
+        _run_items(payload, fn, state, start, items)
+    finally:
+        if state.timeout:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_alarm)
+        if not in_kernel:
+            sys.stdout, sys.stderr = old_out, old_err
+    result.ran = len(result.durations)
+    if payload.pickle_locals:
+        _pickle_locals(result)
+    return result
+
+
+def _usable_timeout(timeout: float | None) -> float | None:
+    # SIGALRM only works in a process's main thread; other callers rely on the kernel's watchdog.
+    if timeout and threading.current_thread() is threading.main_thread():
+        return timeout
+    return None
+
+
+def _run_items(payload: Payload, fn: Any, state: _BatchState, start: int, items: list) -> None:
+    pos = 0
+    while pos < len(items):
+        try:
+            local_ns = fn(enumerate(items[pos:], start + pos), state.record, state.mark)
+            state.close()
+            state.result.locals.update(_user_locals(local_ns))
+            return
+        except BaseException as exc:  # noqa: B036 - a worker must report everything
+            state.close()
+            k = state.current
+            state.result.locals.update(_user_locals(_failing_frame_locals(exc, fn)))
+            state.result.errors.append((k, exc, _format_traceback(exc, payload.filename)))
+            if isinstance(exc, KeyboardInterrupt) or not payload.collect:
+                return
+            pos = k - start + 1
+
+
+def _user_locals(ns: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in ns.items() if not k.startswith(RESERVED)}
+
+
+def _failing_frame_locals(exc: BaseException, fn: Any) -> dict[str, Any]:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is fn.__code__:
+            return dict(tb.tb_frame.f_locals)
+        tb = tb.tb_next
+    return {}
+
+
+def _format_traceback(exc: BaseException, filename: str) -> str:
+    """The worker's traceback, starting at the cell's own frame."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _pickle_locals(result: BatchResult) -> None:
+    """Locals travel back pickled one by one; those that cannot (open files) stay behind."""
+    import cloudpickle
+
+    for name, value in list(result.locals.items()):
+        try:
+            result.locals[name] = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            del result.locals[name]
+            result.unsent_locals.append(name)
+    for i, (k, exc, tb) in enumerate(result.errors):
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            result.errors[i] = (k, RuntimeError(f"{type(exc).__name__}: {exc}"), tb)
+
+
+def warm_up() -> int:
+    """A no-op task that makes a fresh worker import this module; returns its pid."""
+    return os.getpid()

@@ -1,0 +1,84 @@
+"""The exceptions parmagic raises.
+
+::
+
+    ParmagicError                     base of everything parmagic raises itself
+    ├── RefusedLoopError              the cell cannot run in parallel with the serial result
+    ├── UnsendableValueError          a captured value cannot be pickled for the workers
+    ├── IterationTimeoutError         an iteration ran longer than --timeout
+    ├── WorkerDiedError               the worker holding an iteration died
+    ├── CollectedErrors               --on-error collect: every failed iteration, at the end
+    └── BackendUnavailableError       a backend's optional dependency is missing
+
+An exception raised by the user's own code in an iteration is re-raised in the
+kernel as itself (so ``except ZeroDivisionError`` still works), with a
+:class:`RemoteTraceback` as its ``__cause__`` carrying the worker's traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ParmagicError(Exception):
+    """Base class of the errors parmagic raises itself."""
+
+
+class RefusedLoopError(ParmagicError):
+    """A loop whose parallel run could differ from the serial one; nothing ran."""
+
+    def __init__(self, message: str, lineno: int | None = None, name: str | None = None):
+        super().__init__(message)
+        self.lineno = lineno
+        self.name = name
+
+
+class UnsendableValueError(ParmagicError):
+    """A captured value cannot be sent to the workers; nothing ran."""
+
+
+class IterationTimeoutError(ParmagicError, TimeoutError):
+    """An iteration ran longer than the ``--timeout`` allowed."""
+
+
+class WorkerDiedError(ParmagicError):
+    """The worker process running an iteration died (crash, ``os._exit``, OOM kill)."""
+
+
+class BackendUnavailableError(ParmagicError):
+    """A backend's optional dependency is not installed, or its cluster is unreachable."""
+
+
+class CollectedErrors(ParmagicError):
+    """``--on-error collect``: the iterations that failed, after all others committed.
+
+    ``failures`` is a list of ``(index, item, exception)`` in iteration order.
+    """
+
+    def __init__(self, failures: list[tuple[int, Any, BaseException]]):
+        self.failures = failures
+        lines = [f"{len(failures)} iteration(s) failed:"]
+        for index, item, exc in failures:
+            lines.append(
+                f"  iteration {index} (item={_short_repr(item)}): {type(exc).__name__}: {exc}"
+            )
+        super().__init__("\n".join(lines))
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in a worker."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n" + self.text
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
