@@ -1,0 +1,92 @@
+"""Choose how a run is shown: widget, text, or output and summary only.
+
+Environment detection lives here, apart from the views (as tqdm's
+``autonotebook``). IPython is never imported by this module: if it is not
+already in ``sys.modules`` we are not inside IPython, and ``import parmagic``
+stays free of IPython and ipywidgets.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+from .listener import PlainListener, RunListener
+from .record import RunRecord
+from .summary import Summary
+from .textview import TextListener, write_to_stderr
+
+#: What :func:`environment` returns.
+KERNEL, TERMINAL, PYTHON = "kernel", "terminal", "python"
+
+
+def _shell() -> Any:
+    """The running IPython shell, or None (without importing IPython)."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    return get_ipython() if get_ipython is not None else None
+
+
+def environment() -> str:
+    """``"kernel"`` inside a Jupyter kernel, ``"terminal"`` in terminal IPython, else ``"python"``."""
+    shell = _shell()
+    if shell is None:
+        return PYTHON
+    return KERNEL if getattr(shell, "kernel", None) is not None else TERMINAL
+
+
+def widgets_available() -> bool:
+    """True when ipywidgets can be imported."""
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
+def show(obj: Any) -> None:
+    """Display ``obj`` in a notebook (HTML and text), else write it as text on stderr.
+
+    Outside a kernel stdout keeps only what the loop itself printed.
+    """
+    if environment() != KERNEL:
+        write_to_stderr(obj)
+        return
+    from IPython.display import display
+
+    display(obj)
+
+
+class QuietListener(PlainListener):
+    """No progress: each iteration's output in order, then the summary."""
+
+    def __init__(self, show_summary: Any = show) -> None:
+        """``show_summary`` presents the final :class:`Summary`."""
+        self.show_summary = show_summary
+        self._started = False
+
+    def on_start(self, record: RunRecord) -> None:
+        """Remember that the run started (a summary follows)."""
+        self._started = True
+
+    def on_finish(self, record: RunRecord) -> None:
+        """Show the summary of a run that started."""
+        if self._started:
+            self.show_summary(Summary(record))
+
+
+def make_listener(progress: bool = True, label: str = "") -> RunListener:
+    """The listener for this environment.
+
+    In a Jupyter kernel with ipywidgets: a live widget bar, then the summary
+    (HTML + text). In terminal IPython, plain Python, or a kernel without
+    ipywidgets: text progress lines on stderr, then the summary. With
+    ``progress=False``: only the iterations' output and the summary.
+    ``label`` names the loop in the bar and the summary (default: the
+    record's label).
+    """
+    env = environment()
+    if not progress:
+        return QuietListener(show)
+    if env == KERNEL and widgets_available():
+        from .widgets import WidgetListener
+
+        return WidgetListener(label)
+    return TextListener(label, show=show)

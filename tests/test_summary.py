@@ -1,0 +1,188 @@
+"""The static summary, --compare and --sweep renderings, on hand-built run records."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from parmagic.record import DONE, FAILED, IterationRecord, RunRecord
+from parmagic.summary import (
+    MAX_TIMELINE_RECTS,
+    Comparison,
+    Summary,
+    Sweep,
+    overhead,
+    timeline_rows,
+    timeline_svg,
+    worker_stats,
+)
+
+T0 = 1_000_000.0
+
+
+def two_worker_record(outcome: str = "success") -> RunRecord:
+    """8 iterations of 0.5 s on two workers, back to back, after 0.1 s of start-up."""
+    record = RunRecord("loop 1", "loky", 2, 8, started=T0, startup=0.1)
+    for i in range(8):
+        start = T0 + 0.1 + 0.5 * (i // 2)
+        record.iterations.append(IterationRecord(i, DONE, start, 0.5, worker=100 + i % 2))
+    record.ended, record.outcome = T0 + 2.2, outcome
+    return record
+
+
+def svg_of(html_text: str) -> ET.Element:
+    """Parse the first inline SVG of an HTML fragment."""
+    match = re.search(r"<svg.*?</svg>", html_text, re.S)
+    assert match, html_text
+    return ET.fromstring(match.group(0))
+
+
+def rects(svg: ET.Element) -> list[ET.Element]:
+    return [el for el in svg.iter() if el.tag.endswith("rect")]
+
+
+def test_numbers_of_a_synthetic_run():
+    record = two_worker_record()
+    assert record.wall == pytest.approx(2.2)
+    assert record.task_time == pytest.approx(4.0)
+    assert record.speedup == pytest.approx(4.0 / 2.2)
+    assert overhead(record) == pytest.approx(0.2)
+    assert worker_stats(record)[0].pid == 100
+    assert [(w.iterations, w.busy) for w in worker_stats(record)] == [(4, 2.0), (4, 2.0)]
+
+
+def test_plain_text_summary():
+    text = Summary(two_worker_record()).text()
+    assert text.splitlines()[0] == "loop 1 · loky · 2 workers · success"
+    for expected in (
+        "8 done, 0 failed (of 8)",
+        "wall time   2.20s",
+        "task time   4.00s summed",
+        "speedup     1.82x",
+        "efficiency  91% of 2 workers",
+        "start-up 0.10s",
+        "dispatch and idle workers 0.10s",
+        "pid 100: 4 iterations, 2.00s busy (91%)",
+        "pid 101: 4 iterations",
+    ):
+        assert expected in text, (expected, text)
+    assert "failures" not in text
+
+
+def test_mimebundle_has_text_and_html():
+    bundle = Summary(two_worker_record())._repr_mimebundle_()
+    assert set(bundle) == {"text/plain", "text/html"}
+    assert bundle["text/plain"] == str(Summary(two_worker_record()))
+    assert "<table>" in bundle["text/html"] and "speedup" in bundle["text/html"]
+
+
+def test_timeline_has_a_row_per_worker_and_a_rect_per_iteration():
+    record = two_worker_record()
+    rows = timeline_rows(record)
+    assert [name for name, _ in rows] == ["pid 100", "pid 101"]
+    assert [len(segs) for _, segs in rows] == [4, 4]
+    svg = svg_of(Summary(record).html())
+    titles = [el.findtext("{http://www.w3.org/2000/svg}title") for el in rects(svg)]
+    assert sum(1 for t in titles if t and t.startswith("iteration ")) == 8
+    assert any(t and t.startswith("start-up") for t in titles)
+
+
+def test_rect_positions_follow_start_and_duration():
+    record = two_worker_record()
+    svg = svg_of(timeline_svg(record))
+    first = [r for r in rects(svg) if "iteration 0:" in (r.findtext("{*}title") or "")][0]
+    last = [r for r in rects(svg) if "iteration 6:" in (r.findtext("{*}title") or "")][0]
+    assert float(first.get("x")) < float(last.get("x"))
+    assert float(first.get("width")) == pytest.approx(float(last.get("width")), abs=0.2)
+
+
+def test_overlapping_tasks_of_one_pid_go_on_separate_lanes():
+    record = RunRecord("threads", "threads", 2, 4, started=T0)
+    for i in range(4):
+        start = T0 + 0.5 * (i // 2)
+        record.iterations.append(IterationRecord(i, DONE, start, 0.5, worker=42))
+    record.ended = T0 + 1.0
+    assert [name for name, _ in timeline_rows(record)] == ["pid 42", "pid 42 #2"]
+
+
+def test_failures_are_named_and_drawn_red():
+    record = two_worker_record("error")
+    for i in range(1, 8):
+        record.iterations[i].status = FAILED
+        record.iterations[i].error = ZeroDivisionError("x")
+    summary = Summary(record)
+    assert "#1 ZeroDivisionError" in summary.text()
+    assert "and 2 more" in summary.text()
+    assert "color:#c62828" in summary.html()
+    fills = [r.get("fill") for r in rects(svg_of(summary.html()))]
+    assert fills.count("#e45756") == 7
+
+
+def test_not_run_iterations_are_counted():
+    record = two_worker_record("interrupted")
+    record.total = 20
+    assert "8 done, 0 failed, 12 not run (of 20)" in Summary(record).text()
+
+
+def test_many_iterations_are_merged_into_few_rects():
+    record = RunRecord("big", "loky", 2, 20_000, started=T0)
+    for i in range(20_000):
+        start = T0 + 0.0001 * (i // 2)
+        record.iterations.append(IterationRecord(i, DONE, start, 0.0001, worker=7 + i % 2))
+    record.ended = T0 + 1.0
+    html_text = Summary(record).html()
+    assert len(rects(svg_of(html_text))) < 50
+    assert len(html_text) < 20_000
+    assert len(record.iterations) > MAX_TIMELINE_RECTS
+
+
+def test_empty_run_has_no_timeline_and_no_division_by_zero():
+    record = RunRecord("empty", "loky", 2, 0, started=T0)
+    record.ended, record.outcome = T0, "success"
+    summary = Summary(record)
+    assert "0 done, 0 failed (of 0)" in summary.text()
+    assert "No iteration ran" in summary.html()
+
+
+def test_labels_are_escaped():
+    record = two_worker_record()
+    record.label = "<script>alert(1)</script>"
+    assert "<script>" not in Summary(record).html()
+
+
+def test_comparison():
+    record = two_worker_record()
+    comparison = Comparison(4.4, record, estimated=True)
+    assert comparison.speedup == pytest.approx(2.0)
+    text = comparison.text()
+    assert "4.40s (estimated from a sample)" in text
+    assert "2.20s on 2 workers (loky)" in text and "2.00x" in text
+    bundle = comparison._repr_mimebundle_()
+    assert set(bundle) == {"text/plain", "text/html"}
+    widths = [float(r.get("width")) for r in rects(svg_of(bundle["text/html"]))]
+    assert widths[0] == pytest.approx(2 * widths[1])
+    assert "estimated" not in Comparison(4.4, record).text()
+
+
+def test_sweep_against_one_worker():
+    sweep = Sweep([(4, 1.25), (1, 4.0), (2, 2.0)], label="loop 1")
+    assert sweep.speedups() == [(1, 4.0, 1.0), (2, 2.0, 2.0), (4, 1.25, 3.2)]
+    lines = sweep.text().splitlines()
+    assert lines[0] == "speedup sweep: loop 1"
+    assert lines[-1].split() == ["4", "1.25s", "3.20x", "80%"]
+
+
+def test_sweep_baselines():
+    # without a serial time the smallest count is taken as scaling perfectly
+    assert [s for _, _, s in Sweep([(2, 2.0), (4, 1.0)]).speedups()] == [2.0, 4.0]
+    assert Sweep([(2, 2.0)], serial_seconds=3.0).speedups() == [(2, 2.0, 1.5)]
+
+
+def test_sweep_svg_has_ideal_line_and_points():
+    bundle = Sweep([(1, 4.0), (2, 2.2), (4, 1.4)])._repr_mimebundle_()
+    svg = svg_of(bundle["text/html"])
+    assert any(el.get("stroke-dasharray") for el in svg.iter() if el.tag.endswith("line"))
+    assert sum(1 for el in svg.iter() if el.tag.endswith("circle")) == 3
+    assert "No sweep point" in Sweep([]).html()
