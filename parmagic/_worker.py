@@ -199,6 +199,34 @@ class _BatchState:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+_thread_capture = threading.local()
+
+
+class RoutingStream:
+    """Stands in for sys.stdout/stderr while in-kernel batches run (threads, serial).
+
+    A write from a thread that is running a batch goes to that batch's capture;
+    any other write goes to the original stream.
+    """
+
+    def __init__(self, original: Any, stream: str):
+        self._original = original
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        state = getattr(_thread_capture, "state", None)
+        if state is None:
+            return self._original.write(text)
+        return _Capture(state, self._stream).write(text)
+
+    def flush(self) -> None:
+        if getattr(_thread_capture, "state", None) is None:
+            self._original.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
 def _raise_timeout(signum: int, frame: Any) -> None:
     from .errors import IterationTimeoutError
 
@@ -212,7 +240,9 @@ def run_batch(ref: PayloadRef, start: int, items: list) -> BatchResult:
     state = _BatchState(result, _usable_timeout(payload.timeout))
     old_out, old_err = sys.stdout, sys.stderr
     in_kernel = not payload.pickle_locals
-    if not in_kernel:
+    if in_kernel:
+        _thread_capture.state = state
+    else:
         sys.stdout, sys.stderr = _Capture(state, "stdout"), _Capture(state, "stderr")
     old_alarm = signal.signal(signal.SIGALRM, _raise_timeout) if state.timeout else None
     try:
@@ -221,7 +251,9 @@ def run_batch(ref: PayloadRef, start: int, items: list) -> BatchResult:
         if state.timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old_alarm)
-        if not in_kernel:
+        if in_kernel:
+            _thread_capture.state = None
+        else:
             sys.stdout, sys.stderr = old_out, old_err
     result.ran = len(result.durations)
     if payload.pickle_locals:

@@ -36,6 +36,11 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def loop_name(label: str) -> str:
+    """The loop's name for headings: ``for i in range(8)`` (no trailing colon), or a default."""
+    return label.strip().rstrip(":").rstrip() or "parallel loop"
+
+
 @dataclass
 class Progress:
     """How far a run has got: counts, busy workers and the times derived from them.

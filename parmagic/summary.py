@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from .progress import format_seconds
+from .progress import format_seconds, loop_name
 from .record import CANCELLED, DONE, FAILED, IterationRecord, RunRecord
 
 #: Above this many iterations the timeline merges touching rectangles of a row.
@@ -262,7 +262,7 @@ class Summary:
         """``loop 1 · loky · 2 workers · success``."""
         r = self.record
         workers = f"{r.n_workers} worker" + ("s" if r.n_workers != 1 else "")
-        return " · ".join(p for p in (r.label or "parallel loop", r.backend, workers, r.outcome))
+        return " · ".join(p for p in (loop_name(r.label), r.backend, workers, r.outcome))
 
     def rows(self) -> list[tuple[str, str]]:
         """The summary's facts as (name, text) pairs."""
@@ -327,7 +327,7 @@ class Summary:
 
     def __repr__(self) -> str:
         """Short, stable repr."""
-        return f"<parmagic.Summary {self.record.label or 'parallel loop'!r}>"
+        return f"<parmagic.Summary {loop_name(self.record.label)!r}>"
 
 
 # --------------------------------------------------------------------------- Comparison
@@ -366,14 +366,12 @@ class Comparison:
 
     def text(self) -> str:
         """Plain text: both times and the speedup."""
-        return f"serial vs parallel: {self.record.label or 'parallel loop'}\n" + _text_rows(
-            self.rows()
-        )
+        return f"serial vs parallel: {loop_name(self.record.label)}\n" + _text_rows(self.rows())
 
     def html(self) -> str:
         """HTML: the table and two bars drawn to scale."""
         rows = [(k, html.escape(v)) for k, v in self.rows()]
-        title = html.escape(f"serial vs parallel: {self.record.label or 'parallel loop'}")
+        title = html.escape(f"serial vs parallel: {loop_name(self.record.label)}")
         return (
             f'<div class="parmagic-compare"><div style="font-weight:bold">{title}</div>'
             f"{_table(rows)}{self._bars_svg()}</div>"
@@ -446,7 +444,7 @@ class Sweep:
 
     def text(self) -> str:
         """Plain text table: workers, wall, speedup, efficiency."""
-        lines = [f"speedup sweep: {self.label or 'parallel loop'}"]
+        lines = [f"speedup sweep: {loop_name(self.label)}"]
         lines.append(f"  {'workers':>7}  {'wall':>8}  {'speedup':>7}  {'efficiency':>10}")
         for n, wall, s in self.speedups():
             eff = f"{s / n:.0%}" if n else "-"
@@ -462,7 +460,7 @@ class Sweep:
             )
             for n, wall, s in self.speedups()
         ]
-        title = html.escape(f"speedup sweep: {self.label or 'parallel loop'}")
+        title = html.escape(f"speedup sweep: {loop_name(self.label)}")
         return (
             f'<div class="parmagic-sweep"><div style="font-weight:bold">{title}</div>'
             f"{sweep_svg(self.speedups())}{_table(rows)}</div>"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from .progress import Clock, Progress, Throttle
+from .progress import Clock, Progress, Throttle, loop_name
 from .record import RunRecord
 from .summary import Summary
 
@@ -59,7 +59,7 @@ class TextListener:
         if self._line_open:
             return
         stream = self.progress_stream or sys.stderr
-        stream.write(f"[parmagic] {self._name or 'parallel loop'}: {text}\n")
+        stream.write(f"[parmagic] {loop_name(self._name)}: {text}\n")
         stream.flush()
 
     def on_start(self, record: RunRecord) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .listener import PlainListener
-from .progress import Clock, Progress, Throttle
+from .progress import Clock, Progress, Throttle, loop_name
 from .record import RunRecord
 from .summary import Summary
 
@@ -52,7 +52,7 @@ def _ipython_display(obj: Any, raw: bool = False) -> None:
 def plain_heading(label: str, total: int | None) -> str:
     """The bar's ``text/plain``: fixed when displayed, so saved notebooks compare equal."""
     size = f"{total} iterations" if total is not None else "iterations without a known total"
-    return f"[parmagic] {label or 'parallel loop'}: {size}"
+    return f"[parmagic] {loop_name(label)}: {size}"
 
 
 class ProgressBar:
@@ -69,7 +69,7 @@ class ProgressBar:
             value=0 if known else 1,
             min=0,
             max=max(total, 1) if known else 1,
-            description=label,
+            description=loop_name(label) if label else "",
             bar_style="" if known else "info",
             style={"description_width": "initial"},
         )

@@ -1,0 +1,94 @@
+"""The Python API that the magics are thin layers over.
+
+``run_cell`` is the engine under ``%%parallel``; ``pmap`` is ``%pmap``.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from . import engine, pool
+from .listener import PlainListener, RunListener
+from .options import Options, defaults
+from .rewrite import plan_cell
+
+
+def listener_factory(options: Options, label: str) -> RunListener:
+    """The display for one run: live widget in a kernel, text in a terminal (parmagic.display)."""
+    try:
+        from .display import make_listener
+    except ImportError:  # display layer not available: output only
+        return PlainListener()
+    return make_listener(progress=options.progress, label=label)
+
+
+def resolve_options(**options: Any) -> Options:
+    """The session defaults with ``options`` applied (validated; unknown names refused)."""
+    return defaults().with_changes(**options)
+
+
+def run_cell(
+    source: str,
+    namespace: dict[str, Any] | None = None,
+    *,
+    filename: str = "<parallel-cell>",
+    line_offset: int = 0,
+    display_source: str | None = None,
+    **options: Any,
+) -> Any:
+    """Run a cell's source with its top-level loops in parallel; return its last expression.
+
+    ``namespace`` plays the notebook's globals (a new dict if omitted). The whole
+    cell is analysed first: a refused loop raises ``RefusedLoopError`` and
+    nothing runs. ``line_offset`` shifts line numbers (1 for a ``%%parallel`` line).
+    """
+    __tracebackhide__ = True
+    opts = resolve_options(**options)
+    namespace = {} if namespace is None else namespace
+    plan = plan_cell(source, filename, line_offset, module_names(namespace))
+    full_source = display_source if display_source is not None else "\n" * line_offset + source
+    if opts.compare or opts.sweep:
+        from .compare import run_plan_compared
+
+        return run_plan_compared(plan, namespace, opts, listener_factory, filename, full_source)
+    return engine.run_plan(plan, namespace, opts, pool.get_backend, listener_factory, filename, full_source)
+
+
+def module_names(namespace: dict[str, Any]) -> frozenset[str]:
+    """Names in ``namespace`` bound to modules: calls on them run in the worker."""
+    return frozenset(k for k, v in namespace.items() if isinstance(v, types.ModuleType))
+
+
+def pmap(func: Any, *iterables: Any, **options: Any) -> list:
+    """Parallel ``list(map(func, *iterables))`` on the kernel's pool, in order.
+
+    Options as for ``%%parallel`` (``n_jobs``, ``backend``, ``timeout``, ``on_error``,
+    ``chunksize``, ``progress``, ...). With several iterables it stops at the shortest,
+    as ``map`` does.
+    """
+    __tracebackhide__ = True
+    if not iterables:
+        raise TypeError("pmap() needs at least one iterable, as map() does")
+    opts = resolve_options(**options)
+    if len(iterables) == 1:
+        namespace = {"func": func, "items": iterables[0]}
+        source = "[func(item) for item in items]"
+    else:
+        namespace = {"func": func, "items": zip(*iterables)}
+        source = "[func(*item) for item in items]"
+    plan = plan_cell(source, "<pmap>")
+    return engine.run_plan(plan, namespace, opts, pool.get_backend, listener_factory, "<pmap>", source)
+
+
+def status() -> dict[str, Any]:
+    """Pool facts (backend, workers, pids, memory) plus tasks run by this kernel."""
+    info = pool.status()
+    info["iterations_run"] = engine.iterations_run()
+    info["defaults"] = defaults()
+    return info
+
+
+def shutdown() -> None:
+    """Shut the kernel's pools down now; the next run starts fresh ones."""
+    pool.shutdown()

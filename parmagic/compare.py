@@ -1,0 +1,80 @@
+"""``--compare`` and ``--sweep``: time a loop serially or at several worker counts.
+
+The timing runs are dry: they run the iterations but apply no effect, show no
+output and bind nothing, so the cell's state comes only from the one real run.
+Code that acts outside the kernel (files, network) runs once per timing run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import engine, pool
+from .options import Options
+from .rewrite import CellPlan, KernelStep
+
+
+def run_plan_compared(
+    plan: CellPlan, namespace: dict[str, Any], options: Options, listener_factory: Any,
+    filename: str, source: str,
+) -> Any:
+    """Run the plan like ``engine.run_plan``; before each loop, its timing runs."""
+    __tracebackhide__ = True
+    value = None
+    engine._runs.clear()
+    for step in plan.steps:
+        if isinstance(step, KernelStep):
+            exec(step.code, namespace)
+            continue
+        timings = _timing_runs(step, namespace, options, filename, source)
+        value = engine.run_loop(step, namespace, options, pool.get_backend, listener_factory, filename, source)
+        _show(timings, engine.last_run(), options)
+    if plan.last_expr is not None:
+        value = eval(plan.last_expr, namespace)
+    return value
+
+
+def _timing_runs(step: Any, namespace: dict, options: Options, filename: str, source: str) -> dict:
+    timings: dict[str, Any] = {}
+    if options.compare:
+        serial = options.with_changes(backend="serial")
+        t0 = time.perf_counter()
+        record = engine.run_loop(step, namespace, serial, pool.get_backend, None, filename, source, dry=True)
+        timings["serial"] = (time.perf_counter() - t0, record)
+    for n in options.sweep:
+        sweep_opts = options.with_changes(n_jobs=n, compare=False, sweep=())
+        t0 = time.perf_counter()
+        engine.run_loop(step, namespace, sweep_opts, pool.get_backend, None, filename, source, dry=True)
+        timings.setdefault("sweep", []).append((n, time.perf_counter() - t0))
+    return timings
+
+
+def _show(timings: dict, parallel: Any, options: Options) -> None:
+    from .summary import Comparison, Sweep
+
+    shown = []
+    if "serial" in timings:
+        seconds, record = timings["serial"]
+        estimated = options.compare_sample is not None and parallel.total not in (None, record.total)
+        if estimated and record.total:
+            seconds = seconds / record.total * (parallel.total or record.total)
+        shown.append(Comparison(seconds, parallel, estimated))
+    if "sweep" in timings:
+        shown.append(Sweep(timings["sweep"]))
+    for obj in shown:
+        _display(obj)
+
+
+def _display(obj: Any) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        print(obj)
+        return
+    if get_ipython() is None:
+        print(obj)
+    else:
+        display(obj)
+

@@ -1,0 +1,387 @@
+"""Run a planned cell: kernel steps in order, loop steps as batches committed in order.
+
+The engine owns the promise order of SPEC: the serial result first (effects
+replayed in iteration order, locals bound as plain Python would leave them),
+nothing lost on failure second (the committed prefix stays; the run record
+keeps every iteration), speed third (adaptive batching, payload sent once).
+"""
+
+from __future__ import annotations
+
+import itertools
+import marshal
+import os
+import sys
+import time
+import types
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _worker
+from .backends.base import Backend
+from .errors import CollectedErrors, RemoteTraceback
+from .listener import PlainListener, RunListener
+from .options import Options
+from .record import CANCELLED, DONE, ERROR, FAILED, INTERRUPTED, SUCCESS, IterationRecord, RunRecord
+from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
+
+#: Aim each batch at this many seconds of work: long enough to hide per-task overhead
+#: (~0.1-0.3 ms on loky), short enough for live progress and an even finish.
+TARGET_BATCH_SECONDS = 0.05
+#: Batches in flight per worker: enough to keep every worker fed while results travel.
+IN_FLIGHT_PER_WORKER = 2
+#: Each worker gets at least this many batches of a sized iterable, so the end is even.
+MIN_BATCHES_PER_WORKER = 2
+#: How long the engine waits for a result before it refreshes progress anyway.
+POLL_SECONDS = 0.1
+
+_runs: list[RunRecord] = []
+_iterations_run = [0]
+
+
+def iterations_run() -> int:
+    """Iterations this kernel has committed, all runs together."""
+    return _iterations_run[0]
+
+
+def last_run() -> RunRecord | None:
+    """The record of the most recent loop or ``%pmap`` run (None before the first)."""
+    return _runs[-1] if _runs else None
+
+
+def recent_runs() -> list[RunRecord]:
+    """The records of the last cell's loops, oldest first."""
+    return list(_runs)
+
+
+@dataclass
+class LoopRun:
+    """Mutable state of one loop while it runs."""
+
+    step: LoopStep
+    record: RunRecord
+    replay: list[Any]
+    accumulator: Any
+    final_locals: dict[str, Any] = field(default_factory=dict)
+    collect: bool = False  # --on-error collect
+    pickled_locals: bool = True  # locals come back as cloudpickle bytes (process backends)
+    failures: list[tuple[int, Any, BaseException]] = field(default_factory=list)
+    first_error: tuple[int, BaseException, str] | None = None
+    items: dict[int, Any] = field(default_factory=dict)  # item of each in-flight iteration
+
+
+def run_plan(
+    plan: CellPlan, namespace: dict[str, Any], options: Options, backend_factory: Any,
+    listener_factory: Any = None, filename: str = "<cell>", source: str = "",
+) -> Any:
+    """Run every step of ``plan`` against ``namespace``; return the last expression's value."""
+    __tracebackhide__ = True
+    _runs.clear()
+    value = None
+    for step in plan.steps:
+        if isinstance(step, KernelStep):
+            exec(step.code, namespace)
+            continue
+        value = run_loop(step, namespace, options, backend_factory, listener_factory, filename, source)
+    if plan.last_expr is not None:
+        value = eval(plan.last_expr, namespace)
+    elif not (plan.steps and isinstance(plan.steps[-1], LoopStep) and plan.steps[-1].is_last_expr):
+        value = None
+    return value
+
+
+def run_loop(
+    step: LoopStep, namespace: dict[str, Any], options: Options, backend_factory: Any,
+    listener_factory: Any = None, filename: str = "<cell>", source: str = "", dry: bool = False,
+) -> Any:
+    """Run one parallel loop to the end, commit it, bind what plain Python would bind.
+
+    ``dry`` runs the iterations for timing only (``--compare``/``--sweep``): no effect
+    is applied, no output shown, nothing bound; it returns the run record.
+    """
+    __tracebackhide__ = True
+    iterable = eval(step.iterable, namespace)
+    if dry and options.compare_sample:
+        iterable = list(itertools.islice(iter(iterable), options.compare_sample))
+    backend: Backend = backend_factory(options)
+    make_listener = listener_factory or (lambda o, label: PlainListener())
+    listener: RunListener = _SilentListener() if dry else make_listener(options, step.source_line)
+    accumulator = _new_accumulator(step.kind)
+    run = LoopRun(
+        step=step,
+        record=RunRecord(step.source_line, backend.name, backend.n_workers, _length(iterable)),
+        replay=_make_replays(step, namespace, filename, accumulator, dry),
+        accumulator=accumulator,
+        collect=options.on_error == "collect",
+        pickled_locals=backend.needs_pickling,
+    )
+    _runs.append(run.record)
+    started = time.perf_counter()
+    payload = _payload(step, namespace, options, backend, filename, source)
+    ref = backend.publish(payload)
+    try:
+        run.record.startup = time.perf_counter() - started
+        listener.on_start(run.record)
+        _drive(run, iterable, ref, backend, options, listener)
+    except KeyboardInterrupt:
+        _bind_locals(run, namespace)
+        raise
+    finally:
+        backend.unpublish(ref)
+        run.record.ended = time.time()
+        _iterations_run[0] += run.record.done
+        listener.on_finish(run.record)
+    if dry:
+        if run.failures:
+            raise run.failures[0][2]
+        return run.record
+    return _finish(run, namespace, options)
+
+
+class _SilentListener(PlainListener):
+    """Swallows output: a dry run shows nothing."""
+
+    def on_output(self, index: int, stream: str, text: str) -> None:
+        """Dropped."""
+
+
+def _length(iterable: Any) -> int | None:
+    try:
+        return len(iterable)
+    except Exception:  # no len(), or a broken one: progress shows a count
+        return None
+
+
+def _new_accumulator(kind: str) -> Any:
+    return {"list": list, "set": set, "dict": dict}.get(kind, lambda: None)()
+
+
+def _make_replays(step: LoopStep, namespace: dict, filename: str, accumulator: Any, dry: bool) -> list[Any]:
+    if dry:
+        return [lambda values: None] * len(step.replays)
+    code = replay_module(step.replays, filename)
+    make_code = next(c for c in code.co_consts if isinstance(c, types.CodeType))
+    make = types.FunctionType(make_code, namespace)
+    return make(accumulator)
+
+
+def _payload(step: LoopStep, namespace: dict, options: Options, backend: Backend, filename: str, source: str) -> _worker.Payload:
+    captured = {n: namespace[n] for n in step.analysis.captured if n in namespace}
+    captured[SLICE] = slice
+    return _worker.Payload(
+        key=uuid.uuid4().hex,
+        code=marshal.dumps(step.batch_code),
+        filename=filename,
+        source=source,
+        captured=captured,
+        collect=options.on_error == "collect",
+        timeout=options.timeout,
+        pickle_locals=backend.needs_pickling,
+    )
+
+
+class _Batcher:
+    """Chooses batch sizes: 1 until an iteration's cost is known, then ~TARGET_BATCH_SECONDS."""
+
+    def __init__(self, total: int | None, n_workers: int, chunksize: int | None):
+        self.total = total
+        self.n_workers = max(1, n_workers)
+        self.fixed = chunksize
+        self.per_item: float | None = None
+
+    def observe(self, result: _worker.BatchResult) -> None:
+        """Learn the cost of an iteration from a finished batch."""
+        if result.durations:
+            mean = sum(result.durations) / len(result.durations)
+            self.per_item = mean if self.per_item is None else 0.5 * (self.per_item + mean)
+
+    def next_size(self, submitted: int) -> int:
+        """Size of the next batch, given how many iterations were submitted so far."""
+        if self.fixed:
+            return self.fixed
+        if self.per_item is None:
+            return 1
+        size = int(TARGET_BATCH_SECONDS / max(self.per_item, 1e-7))
+        if self.total is not None:
+            remaining = self.total - submitted
+            size = min(size, -(-remaining // (self.n_workers * MIN_BATCHES_PER_WORKER)))
+        return max(1, size)
+
+
+def _drive(run: LoopRun, iterable: Any, ref: Any, backend: Backend, options: Options, listener: RunListener) -> None:
+    __tracebackhide__ = True
+    items: Iterator = iter(iterable)
+    batcher = _Batcher(run.record.total, backend.n_workers, options.chunksize)
+    in_flight: dict[Future, tuple[int, list]] = {}
+    ready: dict[int, Any] = {}
+    next_start, submitted, exhausted, stop = 0, 0, False, False
+    max_in_flight = backend.n_workers * IN_FLIGHT_PER_WORKER
+    try:
+        while True:
+            while not exhausted and not stop and len(in_flight) < max_in_flight:
+                chunk = list(itertools.islice(items, batcher.next_size(submitted)))
+                if not chunk:
+                    exhausted = True
+                    break
+                future = backend.submit(_worker.run_batch, ref, submitted, chunk)
+                in_flight[future] = (submitted, chunk)
+                submitted += len(chunk)
+            if not in_flight:
+                break
+            done, _ = wait(list(in_flight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            for future in done:
+                start, chunk = in_flight.pop(future)
+                ready[start] = (future, chunk)
+            while next_start in ready and not stop:
+                future, chunk = ready.pop(next_start)
+                result = _batch_result(future, next_start, chunk)
+                batcher.observe(result)
+                stop = _commit(run, result, chunk, listener)
+                next_start += len(chunk)
+            if stop:
+                _cancel_rest(run, in_flight, ready, backend, chunk_from=next_start)
+                in_flight.clear()
+                break
+            listener.on_progress(run.record, min(len(in_flight), backend.n_workers))
+    except KeyboardInterrupt:
+        _interrupted(run, in_flight, ready, next_start, backend, listener)
+        raise
+    run.record.outcome = ERROR if (run.first_error or run.failures) else SUCCESS
+
+
+def _batch_result(future: Future, start: int, chunk: list) -> _worker.BatchResult:
+    """The batch's result; a batch that broke as a whole fails its first iteration."""
+    try:
+        return future.result()
+    except BaseException as exc:  # noqa: B036 - a lost worker or transport error, reported per iteration
+        result = _worker.BatchResult(start=start, ran=1, pid=0)
+        result.durations.append(0.0)
+        result.starts.append(time.time())
+        result.errors.append((start, exc, ""))
+        return result
+
+
+def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: RunListener) -> bool:
+    """Apply a batch's iterations in order; return True when the loop must stop."""
+    __tracebackhide__ = True
+    errors = {k: (exc, tb) for k, exc, tb in result.errors}
+    effects = _group(result.effects)
+    outputs = _group_outputs(result.outputs)
+    replay = run.replay
+    for offset in range(result.ran):
+        k = result.start + offset
+        for eid, values in effects.get(k, ()):
+            replay[eid](values)
+        text = outputs.get(k)
+        if text:
+            for stream, chunk_text in text:
+                listener.on_output(k, stream, chunk_text)
+        it = IterationRecord(
+            index=k,
+            status=FAILED if k in errors else DONE,
+            start=result.starts[offset] if offset < len(result.starts) else None,
+            duration=result.durations[offset] if offset < len(result.durations) else None,
+            worker=result.pid,
+            output="".join(t for _, t in text) if text else "",
+        )
+        run.record.iterations.append(it)
+        if k in errors:
+            exc, tb = errors[k]
+            it.error, it.item = exc, chunk[offset]
+            _note_failure(run, k, chunk[offset], exc, tb)
+    run.final_locals.update(result.locals)
+    return run.first_error is not None and not run.collect
+
+
+def _note_failure(run: LoopRun, k: int, item: Any, exc: BaseException, tb: str) -> None:
+    if tb:
+        exc.__cause__ = RemoteTraceback(f"iteration {k} failed:\n{tb}")
+    run.failures.append((k, item, exc))
+    if run.first_error is None:
+        run.first_error = (k, exc, tb)
+
+
+def _group(effects: list[tuple[int, int, tuple]]) -> dict[int, list[tuple[int, tuple]]]:
+    grouped: dict[int, list[tuple[int, tuple]]] = {}
+    for k, eid, values in effects:
+        grouped.setdefault(k, []).append((eid, values))
+    return grouped
+
+
+def _group_outputs(outputs: list[tuple[int, str, str]]) -> dict[int, list[tuple[str, str]]]:
+    grouped: dict[int, list[tuple[str, str]]] = {}
+    for k, stream, text in outputs:
+        grouped.setdefault(k, []).append((stream, text))
+    return grouped
+
+
+def _cancel_rest(run: LoopRun, in_flight: dict, ready: dict, backend: Backend, chunk_from: int) -> None:
+    for future in in_flight:
+        future.cancel()
+    # batches still running on workers finish on their own; their results are dropped
+    cancelled = sorted(start for start, _ in in_flight.values()) + sorted(ready)
+    for start in cancelled:
+        run.record.iterations.append(IterationRecord(index=start, status=CANCELLED))
+
+
+def _interrupted(run: LoopRun, in_flight: dict, ready: dict, next_start: int, backend: Backend, listener: RunListener) -> None:
+    """Stop button: commit the finished prefix, stop the rest now, say how far it got."""
+    __tracebackhide__ = True
+    for future in list(in_flight):
+        if future.done():
+            start, chunk = in_flight.pop(future)
+            ready[start] = (future, chunk)
+        else:
+            future.cancel()
+    backend.abort()
+    while next_start in ready:
+        future, chunk = ready.pop(next_start)
+        if _commit(run, _batch_result(future, next_start, chunk), chunk, listener):
+            break
+        next_start += len(chunk)
+    run.record.outcome = INTERRUPTED
+    total = f" of {run.record.total}" if run.record.total is not None else ""
+    print(
+        f"parmagic: interrupted; {run.record.done} iteration(s){total} committed, in order",
+        file=sys.stderr,
+    )
+
+
+def _finish(run: LoopRun, namespace: dict[str, Any], options: Options) -> Any:
+    """Bind locals, run the else clause, assign a comprehension; raise the failure if any."""
+    __tracebackhide__ = True
+    step = run.step
+    _bind_locals(run, namespace)
+    if run.failures:
+        if options.on_error == "collect":
+            raise CollectedErrors(run.failures)
+        raise run.first_error[1]
+    if step.orelse is not None:
+        exec(step.orelse, namespace)
+    if step.assign is not None:
+        namespace[VALUES] = run.accumulator
+        try:
+            exec(step.assign, namespace)
+        finally:
+            namespace.pop(VALUES, None)
+    return run.accumulator if step.is_last_expr else None
+
+
+def _bind_locals(run: LoopRun, namespace: dict[str, Any]) -> None:
+    """Leave the loop target and body locals as the serial loop would (for loops only)."""
+    if not run.step.bind_locals or not run.final_locals:
+        return
+    if run.pickled_locals:
+        import cloudpickle
+
+        namespace.update({k: cloudpickle.loads(v) for k, v in run.final_locals.items()})
+    else:
+        namespace.update(run.final_locals)
+
+
+def pid() -> int:
+    """The kernel's pid (workers of in-kernel backends report it)."""
+    return os.getpid()

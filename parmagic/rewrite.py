@@ -1,0 +1,344 @@
+"""Pure rewriting: a cell's AST becomes kernel statements, parallel loops and replays.
+
+No IPython and no runtime state. ``plan_cell`` splits a cell into segments that
+run in order: :class:`KernelStep` (plain statements, run in the kernel) and
+:class:`LoopStep` (a top-level ``for`` loop or comprehension, run in parallel).
+Each loop step carries the worker's batch function (``__pm_batch``) as a code
+object, and one replay statement per effect for the kernel to apply in
+iteration order. Line numbers are those of the cell as the user sees it.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from dataclasses import dataclass, field
+from types import CodeType
+
+from .analysis import RESERVED, LoopAnalysis, analyse_loop, effect_value_nodes
+
+ACC = RESERVED + "acc"  # a comprehension's accumulator, replayed in the kernel
+VALUES = RESERVED + "v"  # the worker-evaluated values of one effect
+SLICE = RESERVED + "slice"  # the builtin slice, under a name the user cannot shadow
+
+_COMP_METHODS = {ast.ListComp: "append", ast.SetComp: "add"}
+
+
+@dataclass
+class KernelStep:
+    """Statements that run in the kernel, as they would without the magic."""
+
+    code: CodeType
+    first_line: int
+
+
+@dataclass
+class LoopStep:
+    """One parallel loop: iterable, worker batch code, effect replays, and what to bind after."""
+
+    kind: str  # "for", "list", "set" or "dict"
+    lineno: int
+    source_line: str
+    iterable: CodeType  # evaluated once, in the kernel
+    batch_code: CodeType  # module code defining __pm_batch, run in the worker
+    replays: list[ast.stmt]  # effect id -> statement reading __pm_v[i] (kernel side)
+    analysis: LoopAnalysis
+    orelse: CodeType | None = None  # the loop's else clause, run in the kernel after it
+    assign: CodeType | None = None  # comprehension: `targets = __pm_v` run in the kernel
+    is_last_expr: bool = False  # comprehension whose value the cell displays
+    bind_locals: bool = True  # for loops leave their locals behind; comprehensions do not
+
+
+@dataclass
+class CellPlan:
+    """A whole cell, analysed before any of it runs."""
+
+    steps: list[KernelStep | LoopStep] = field(default_factory=list)
+    last_expr: CodeType | None = None  # a plain last expression, evaluated for display
+
+    @property
+    def loops(self) -> list[LoopStep]:
+        """The parallel steps of the cell."""
+        return [s for s in self.steps if isinstance(s, LoopStep)]
+
+
+def plan_cell(
+    source: str, filename: str = "<cell>", line_offset: int = 0, module_names: frozenset[str] = frozenset()
+) -> CellPlan:
+    """Analyse and rewrite a whole cell; raises RefusedLoopError before anything runs."""
+    tree = ast.parse(source, filename)
+    if line_offset:
+        ast.increment_lineno(tree, line_offset)
+    lines = ("\n" * line_offset + source).splitlines()
+    modules = module_names | _imported_names(tree)
+    plan = CellPlan()
+    pending: list[ast.stmt] = []
+    body = tree.body
+    for i, stmt in enumerate(body):
+        is_last = i == len(body) - 1
+        step = _loop_step(stmt, filename, lines, modules, is_last)
+        if step is None and is_last and isinstance(stmt, ast.Expr):
+            _flush(plan, pending, filename)
+            plan.last_expr = compile(ast.Expression(stmt.value), filename, "eval")
+            continue
+        if step is None:
+            pending.append(stmt)
+            continue
+        _flush(plan, pending, filename)
+        plan.steps.append(step)
+    _flush(plan, pending, filename)
+    return plan
+
+
+def _imported_names(tree: ast.Module) -> frozenset[str]:
+    """Names that the cell's own top-level imports bind (modules, most likely)."""
+    names = set()
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in stmt.names)
+    return frozenset(names)
+
+
+def _flush(plan: CellPlan, pending: list[ast.stmt], filename: str) -> None:
+    if pending:
+        module = ast.Module(body=list(pending), type_ignores=[])
+        plan.steps.append(KernelStep(compile(module, filename, "exec"), pending[0].lineno))
+        pending.clear()
+
+
+def _loop_step(
+    stmt: ast.stmt, filename: str, lines: list[str], modules: frozenset[str], is_last: bool
+) -> LoopStep | None:
+    if isinstance(stmt, ast.For):
+        return _for_step(stmt, filename, lines, modules)
+    if isinstance(stmt, ast.Assign) and _is_comprehension(stmt.value):
+        return _comprehension_step(stmt.value, stmt.targets, filename, lines, modules, False)
+    if is_last and isinstance(stmt, ast.Expr) and _is_comprehension(stmt.value):
+        return _comprehension_step(stmt.value, None, filename, lines, modules, True)
+    return None
+
+
+def _is_comprehension(node: ast.AST) -> bool:
+    return isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp)
+
+
+def _for_step(loop: ast.For, filename: str, lines: list[str], modules: frozenset[str]) -> LoopStep:
+    analysis = analyse_loop(loop, modules)
+    orelse = None
+    if loop.orelse:
+        orelse = compile(ast.Module(body=loop.orelse, type_ignores=[]), filename, "exec")
+    return _step("for", loop, analysis, filename, lines, orelse=orelse)
+
+
+def _comprehension_step(
+    comp: ast.ListComp | ast.SetComp | ast.DictComp,
+    targets: list[ast.expr] | None,
+    filename: str,
+    lines: list[str],
+    modules: frozenset[str],
+    is_last: bool,
+) -> LoopStep:
+    loop = comprehension_to_loop(comp)
+    analysis = analyse_loop(loop, modules, hidden_roots=frozenset({ACC}))
+    kind = {ast.ListComp: "list", ast.SetComp: "set", ast.DictComp: "dict"}[type(comp)]
+    assign = None
+    if targets is not None:
+        stmt = ast.Assign(targets=targets, value=ast.Name(VALUES, ast.Load()))
+        ast.copy_location(stmt, comp)
+        assign = compile(ast.fix_missing_locations(ast.Module([stmt], [])), filename, "exec")
+    step = _step(kind, loop, analysis, filename, lines, assign=assign, is_last_expr=is_last)
+    step.bind_locals = False
+    return step
+
+
+def comprehension_to_loop(comp: ast.ListComp | ast.SetComp | ast.DictComp) -> ast.For:
+    """``[e for x in xs if c for y in x]`` -> ``for x in xs: if c: for y in x: acc.append(e)``."""
+    for node in ast.walk(comp):
+        if isinstance(node, ast.NamedExpr):
+            from .analysis import refuse
+
+            raise refuse(node, node.target.id, "an assignment expression (:=) in a parallel "
+                         "comprehension would bind a kernel name from a worker", "write the loop as a for loop")
+    acc = ast.Name(ACC, ast.Load())
+    if isinstance(comp, ast.DictComp):
+        sub = ast.Subscript(value=acc, slice=comp.key, ctx=ast.Store())
+        innermost: ast.stmt = ast.Assign(targets=[sub], value=comp.value)
+    else:
+        method = _COMP_METHODS[type(comp)]
+        call = ast.Call(ast.Attribute(acc, method, ast.Load()), [comp.elt], [])
+        innermost = ast.Expr(call)
+    ast.copy_location(innermost, comp)
+    body: list[ast.stmt] = [innermost]
+    for gen in reversed(comp.generators[1:]):
+        body = _guarded(gen.ifs, body, comp)
+        body = [ast.copy_location(ast.For(gen.target, gen.iter, body, []), comp)]
+    first = comp.generators[0]
+    if first.is_async:
+        from .analysis import refuse
+
+        raise refuse(comp, "async for", "asynchronous comprehensions cannot run in a worker",
+                     "run this cell without %%parallel")
+    loop = ast.For(first.target, first.iter, _guarded(first.ifs, body, comp), [])
+    return ast.fix_missing_locations(ast.copy_location(loop, comp))
+
+
+def _guarded(ifs: list[ast.expr], body: list[ast.stmt], where: ast.AST) -> list[ast.stmt]:
+    for test in reversed(ifs):
+        body = [ast.copy_location(ast.If(test, body, []), where)]
+    return body
+
+
+def _step(kind: str, loop: ast.For, analysis: LoopAnalysis, filename: str, lines: list[str], **extra) -> LoopStep:
+    iterable = compile(ast.Expression(loop.iter), filename, "eval")
+    batch_code, replays = build_batch_function(loop, analysis, filename)
+    source_line = lines[loop.lineno - 1].strip() if 0 < loop.lineno <= len(lines) else ""
+    return LoopStep(kind, loop.lineno, source_line, iterable, batch_code, replays, analysis, **extra)
+
+
+def build_batch_function(loop: ast.For, analysis: LoopAnalysis, filename: str) -> tuple[CodeType, list[ast.stmt]]:
+    """The worker's ``__pm_batch(items, rec, mark)`` and the kernel's replay statements.
+
+    In the worker, each effect statement becomes ``rec((k, effect id, values))``;
+    in the kernel, its replay is the same statement reading ``__pm_v[i]``.
+    """
+    body = copy.deepcopy(loop.body)
+    replays: list[ast.stmt] = [None] * len(analysis.effects)  # type: ignore[list-item]
+    by_position = {_position(e.stmt): e for e in analysis.effects}
+    body = _EffectRecorder(by_position, replays).visit_block(body)
+    k = ast.Name(RESERVED + "k", ast.Store())
+    mark = ast.Expr(ast.Call(ast.Name(RESERVED + "mark", ast.Load()), [ast.Name(RESERVED + "k", ast.Load())], []))
+    target = ast.Tuple([k, copy.deepcopy(loop.target)], ast.Store())
+    inner = ast.For(target, ast.Name(RESERVED + "items", ast.Load()), [mark, *body], [])
+    ret = ast.Return(ast.Call(ast.Name("locals", ast.Load()), [], []))
+    args = ast.arguments(
+        posonlyargs=[], args=[ast.arg(RESERVED + n) for n in ("items", "rec", "mark")],
+        kwonlyargs=[], kw_defaults=[], defaults=[],
+    )
+    func = _funcdef(RESERVED + "batch", args, [inner, ret])
+    for node in (func, inner, mark, ret):
+        ast.copy_location(node, loop)
+    module = ast.fix_missing_locations(ast.Module([func], []))
+    _copy_locations_down(module, loop)
+    return compile(module, filename, "exec"), replays
+
+
+def _copy_locations_down(tree: ast.AST, default: ast.AST) -> None:
+    for node in ast.walk(tree):
+        if hasattr(node, "lineno") and getattr(node, "lineno", None) is None:
+            ast.copy_location(node, default)
+
+
+def _position(node: ast.AST) -> tuple[int, int, int | None, int | None]:
+    return (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)
+
+
+class _EffectRecorder:
+    """Replaces effect statements in a copied body by recorder calls, building their replays."""
+
+    def __init__(self, by_position: dict, replays: list[ast.stmt]):
+        self.by_position = by_position
+        self.replays = replays
+
+    def visit_block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out = []
+        for stmt in stmts:
+            effect = self.by_position.get(_position(stmt)) if isinstance(stmt, ast.stmt) else None
+            if effect is not None and type(stmt) is type(effect.stmt):
+                out.append(self.record(stmt, effect.eid))
+                continue
+            for name in ("body", "orelse", "finalbody"):
+                block = getattr(stmt, name, None)
+                if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                    setattr(stmt, name, self.visit_block(block))
+            for handler in getattr(stmt, "handlers", []):
+                handler.body = self.visit_block(handler.body)
+            for case in getattr(stmt, "cases", []):
+                case.body = self.visit_block(case.body)
+            out.append(stmt)
+        return out
+
+    def record(self, stmt: ast.stmt, eid: int) -> ast.stmt:
+        """``__pm_rec((__pm_k, eid, (values...)))`` in the worker; the replay for the kernel."""
+        replay = copy.deepcopy(stmt)
+        worker_values = []
+        for i, node in enumerate(effect_value_nodes(replay)):
+            worker_values.append(_as_value(copy.deepcopy(node)))
+            _replace(replay, node, _placeholder(i, node))
+        self.replays[eid] = replay
+        values = ast.Tuple(worker_values, ast.Load())
+        rec_arg = ast.Tuple([ast.Name(RESERVED + "k", ast.Load()), ast.Constant(eid), values], ast.Load())
+        call = ast.Expr(ast.Call(ast.Name(RESERVED + "rec", ast.Load()), [rec_arg], []))
+        return ast.copy_location(call, stmt)
+
+
+def _as_value(node: ast.expr) -> ast.expr:
+    """A worker-side expression for ``node``: slices become slice objects, *args a tuple."""
+    if isinstance(node, ast.Slice):
+        parts = [_as_value(p) if p is not None else ast.Constant(None) for p in (node.lower, node.upper, node.step)]
+        return ast.copy_location(ast.Call(ast.Name(SLICE, ast.Load()), parts, []), node)
+    if isinstance(node, ast.Tuple):
+        return ast.copy_location(ast.Tuple([_as_value(e) for e in node.elts], ast.Load()), node)
+    if isinstance(node, ast.Starred):
+        return ast.copy_location(ast.Call(ast.Name("tuple", ast.Load()), [node.value], []), node)
+    return node
+
+
+def _placeholder(i: int, original: ast.expr) -> ast.expr:
+    value = ast.Subscript(ast.Name(VALUES, ast.Load()), ast.Constant(i), ast.Load())
+    if isinstance(original, ast.Starred):
+        value = ast.Starred(value, ast.Load())
+    return ast.copy_location(value, original)
+
+
+def _replace(tree: ast.AST, old: ast.AST, new: ast.AST) -> None:
+    """Put ``new`` where ``old`` is in ``tree`` (by identity)."""
+    for parent in ast.walk(tree):
+        for name, value in ast.iter_fields(parent):
+            if value is old:
+                setattr(parent, name, new)
+                return
+            if isinstance(value, list):
+                for j, item in enumerate(value):
+                    if item is old:
+                        value[j] = new
+                        return
+
+
+def replay_module(replays: list[ast.stmt], filename: str) -> CodeType:
+    """Kernel code defining ``__pm_make(__pm_acc)`` that returns one replay function per effect.
+
+    Each replay function takes the effect's values; names it rebinds are declared
+    global, so ``total += v`` changes the kernel's ``total``.
+    """
+    makers = []
+    for eid, stmt in enumerate(replays):
+        rebinds = sorted(
+            {t.id for t in _rebound(stmt)} - {ACC}
+        )
+        body: list[ast.stmt] = [ast.Global(rebinds)] if rebinds else []
+        body.append(stmt)
+        args = ast.arguments(posonlyargs=[], args=[ast.arg(VALUES)], kwonlyargs=[], kw_defaults=[], defaults=[])
+        makers.append(_funcdef(f"{RESERVED}r{eid}", args, body))
+    ret = ast.Return(ast.List([ast.Name(f"{RESERVED}r{i}", ast.Load()) for i in range(len(replays))], ast.Load()))
+    outer_args = ast.arguments(posonlyargs=[], args=[ast.arg(ACC)], kwonlyargs=[], kw_defaults=[], defaults=[])
+    outer = _funcdef(RESERVED + "make", outer_args, [*makers, ret])
+    where = replays[0] if replays else None
+    module = ast.Module([outer], [])
+    if where is not None:
+        for node in ast.walk(module):
+            if "lineno" in node._attributes and not hasattr(node, "lineno"):
+                ast.copy_location(node, where)
+    return compile(ast.fix_missing_locations(module), filename, "exec")
+
+
+def _funcdef(name: str, args: ast.arguments, body: list[ast.stmt]) -> ast.FunctionDef:
+    extra = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}
+    return ast.FunctionDef(name=name, args=args, body=body, decorator_list=[], returns=None, **extra)
+
+
+def _rebound(stmt: ast.stmt) -> list[ast.Name]:
+    if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
+        return [stmt.target]
+    if isinstance(stmt, ast.Assign):
+        return [t for t in stmt.targets if isinstance(t, ast.Name)]
+    return []
