@@ -1,0 +1,200 @@
+"""The live progress bar and the summary, through a real Jupyter kernel (no browser).
+
+One ipykernel (jupyter_client ``start_new_kernel``) runs ``%%parallel`` cells;
+the tests read the iopub messages it sends: the widget's ``comm_open`` and
+``comm_msg`` updates (with arrival times, to prove they streamed live), the
+displayed outputs, and the final widget state. A last test runs the same
+magic in terminal IPython, where only text may appear.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+jupyter_client = pytest.importorskip("jupyter_client.manager")
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+PROGRESS_MODELS = {"IntProgressModel", "FloatProgressModel"}
+
+
+def kernel_env() -> dict[str, str]:
+    """The environment of the kernel and its workers: this checkout importable."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path)
+
+
+class Cell:
+    """The iopub messages of one executed cell, with their arrival times, and its reply."""
+
+    def __init__(self, msgs: list[tuple[float, dict]], reply: dict) -> None:
+        self.msgs = msgs
+        self.reply = reply
+
+    def of_type(self, msg_type: str) -> list[tuple[float, dict]]:
+        return [(t, m) for t, m in self.msgs if m["msg_type"] == msg_type]
+
+    def bar_ids(self) -> list[str]:
+        """Comm ids of the progress bars opened by this cell, in order."""
+        return [
+            m["content"]["comm_id"]
+            for _, m in self.of_type("comm_open")
+            if m["content"]["data"]["state"].get("_model_name") in PROGRESS_MODELS
+        ]
+
+    def updates(self, comm_id: str, key: str) -> list[tuple[float, Any]]:
+        """(arrival, value) of each update of ``key`` on one widget."""
+        return [
+            (t, m["content"]["data"]["state"][key])
+            for t, m in self.of_type("comm_msg")
+            if m["content"]["comm_id"] == comm_id
+            and m["content"]["data"].get("method") == "update"
+            and key in m["content"]["data"].get("state", {})
+        ]
+
+    def final_state(self, comm_id: str) -> dict[str, Any]:
+        """The widget's state after all messages: the open state with every update applied."""
+        state: dict[str, Any] = {}
+        for _, m in self.msgs:
+            if m["content"].get("comm_id") != comm_id:
+                continue
+            data = m["content"].get("data", {})
+            state.update(data.get("state", {}))
+        return state
+
+    def displays(self) -> list[dict]:
+        """The data bundles of display_data outputs."""
+        return [m["content"]["data"] for _, m in self.of_type("display_data")]
+
+    def stdout(self) -> str:
+        return "".join(
+            m["content"]["text"]
+            for _, m in self.of_type("stream")
+            if m["content"]["name"] == "stdout"
+        )
+
+    def idle_at(self) -> float:
+        return self.of_type("status")[-1][0]
+
+
+def execute(kc: Any, code: str, timeout: float = 120) -> Cell:
+    """Run ``code``; collect its iopub messages until the kernel is idle again."""
+    msg_id = kc.execute(code)
+    msgs = []
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        msgs.append((time.monotonic(), msg))
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    return Cell(msgs, kc.get_shell_msg(timeout=timeout))
+
+
+@pytest.fixture(scope="module")
+def kc(tmp_path_factory):
+    """A kernel with parmagic loaded and its pool warm."""
+    km, client = jupyter_client.start_new_kernel(
+        kernel_name="python3", env=kernel_env(), cwd=str(tmp_path_factory.mktemp("kernel"))
+    )
+    try:
+        cell = execute(client, "%load_ext parmagic\nimport time")
+        assert cell.reply["content"]["status"] == "ok", cell.reply["content"]
+        warm = execute(client, "%%parallel -n 2\nfor i in range(4):\n    time.sleep(0.01)")
+        assert warm.reply["content"]["status"] == "ok", warm.reply["content"]
+        yield client
+    finally:
+        client.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_bar_updates_live_and_ends_in_success(kc):
+    cell = execute(kc, "%%parallel -n 2\nfor i in range(16):\n    time.sleep(0.25)")
+    assert cell.reply["content"]["status"] == "ok", cell.reply["content"]
+    (bar,) = cell.bar_ids()
+    values = cell.updates(bar, "value")
+    assert len(values) >= 4, values
+    assert [v for _, v in values] == sorted({v for _, v in values}), values  # strictly rising
+    shown_at = next(
+        t for t, m in cell.of_type("display_data") if WIDGET_VIEW in m["content"]["data"]
+    )
+    end = values[-1][0]
+    assert values[0][0] - shown_at < (end - shown_at) / 2, "first update not in the first half"
+    assert cell.idle_at() - values[0][0] > 0.5, "updates were flushed at the end, not live"
+    final = cell.final_state(bar)
+    assert (final["value"], final["max"], final["bar_style"]) == (16, 16, "success")
+
+
+def test_bar_plain_text_is_stable_and_summary_is_static_html(kc):
+    cell = execute(kc, "%%parallel -n 2\nfor i in range(6):\n    time.sleep(0.01)")
+    views = [d for d in cell.displays() if WIDGET_VIEW in d]
+    assert len(views) == 1
+    plain = views[0]["text/plain"]
+    assert plain.startswith("[parmagic] ") and plain.endswith(": 6 iterations"), plain
+    again = execute(kc, "%%parallel -n 2\nfor i in range(6):\n    time.sleep(0.01)")
+    assert [d["text/plain"] for d in again.displays() if WIDGET_VIEW in d] == [plain]
+    summaries = [d for d in cell.displays() if "parmagic-summary" in d.get("text/html", "")]
+    assert len(summaries) == 1
+    assert "<svg" in summaries[0]["text/html"] and "speedup" in summaries[0]["text/plain"]
+
+
+def test_many_tiny_iterations_send_few_updates(kc):
+    cell = execute(kc, "%%parallel -n 2\nfor i in range(20000):\n    x = i * 2")
+    assert cell.reply["content"]["status"] == "ok", cell.reply["content"]
+    (bar,) = cell.bar_ids()
+    assert len(cell.updates(bar, "value")) < 100
+    assert cell.final_state(bar)["value"] == 20000
+
+
+def test_error_ends_in_danger_with_summary(kc):
+    code = (
+        "%%parallel -n 2\n"
+        "for i in range(8):\n"
+        "    time.sleep(0.05)\n"
+        "    if i == 5:\n"
+        "        raise ValueError('boom')\n"
+    )
+    cell = execute(kc, code)
+    assert cell.reply["content"]["status"] == "error"
+    assert cell.reply["content"]["ename"] == "ValueError"
+    (bar,) = cell.bar_ids()
+    assert cell.final_state(bar)["bar_style"] == "danger"
+    summary = [d for d in cell.displays() if "parmagic-summary" in d.get("text/html", "")]
+    assert len(summary) == 1 and "ValueError" in summary[0]["text/plain"]
+
+
+def test_output_shown_in_iteration_order(kc):
+    code = "%%parallel -n 2\nfor i in range(8):\n    time.sleep(0.01 * (8 - i))\n    print('it', i)"
+    cell = execute(kc, code)
+    assert cell.stdout() == "".join(f"it {i}\n" for i in range(8))
+
+
+def test_terminal_ipython_shows_text_only(tmp_path):
+    ipython = Path(sys.executable).with_name("ipython")
+    cell_code = "%%parallel -n 2\nfor i in range(4):\n    print('it', i)"
+    code = (
+        f"ip = get_ipython(); ip.run_line_magic('load_ext', 'parmagic'); ip.run_cell({cell_code!r})"
+    )
+    cell = subprocess.run(
+        [str(ipython), "--no-banner", "--colors=nocolor", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=kernel_env(),
+        cwd=tmp_path,
+    )
+    assert cell.returncode == 0, cell.stderr
+    assert "".join(f"it {i}\n" for i in range(4)) in cell.stdout
+    assert "· success" in cell.stderr and "speedup" in cell.stderr
+    for fallback in ("IntProgress(", "HBox(", "<svg", "[parmagic] for"):
+        assert fallback not in cell.stdout, cell.stdout
