@@ -511,7 +511,9 @@ class _FlowChecker:
             out = self.block(case.body, defined | bound)
             merged = out if first else _meet(merged, out)
             first = False
-        return _meet(merged, defined)
+        last = stmt.cases[-1] if stmt.cases else None
+        irrefutable = last is not None and last.guard is None and isinstance(last.pattern, ast.MatchAs) and last.pattern.pattern is None
+        return merged if irrefutable else _meet(merged, defined)
 
 
 def _meet(a: set[str] | None, b: set[str] | None) -> set[str] | None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 import types
 from typing import Any
 
@@ -47,6 +48,11 @@ def run_cell(
     opts = resolve_options(**options)
     namespace = {} if namespace is None else namespace
     plan = plan_cell(source, filename, line_offset, module_names(namespace))
+    if not plan.loops:
+        print(
+            "parmagic: no top-level loop (for loop or comprehension) in this cell; ran it as a plain cell",
+            file=sys.stderr,
+        )
     full_source = display_source if display_source is not None else "\n" * line_offset + source
     if opts.compare or opts.sweep:
         from .compare import run_plan_compared
