@@ -255,7 +255,7 @@ def _effect_root(stmt: ast.stmt, local: set[str], module_names: frozenset[str]) 
     if all(r is None for r in roots):
         return None
     if any(r is None for r in roots) or any(r in module_names for r in roots) or len(set(roots)) > 1:
-        raise refuse(stmt, roots[0] or None, "one statement assigns both to loop locals and to kernel objects",
+        raise refuse(stmt, next((r for r in roots if r), None), "one statement assigns both to loop locals and to kernel objects",
                      "split it into one assignment per target")
     return roots[0]
 

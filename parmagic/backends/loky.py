@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -132,6 +133,8 @@ def kill_executor() -> None:
 
 
 def _current() -> Any:
+    if "loky.reusable_executor" not in sys.modules:
+        return None  # never started (and importing loky at exit would fail)
     from loky import reusable_executor
 
     return reusable_executor._executor_storage.executor
