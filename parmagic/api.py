@@ -81,10 +81,24 @@ def pmap(func: Any, *iterables: Any, **options: Any) -> list:
         namespace = {"func": func, "items": iterables[0]}
         source = "[func(item) for item in items]"
     else:
-        namespace = {"func": func, "items": zip(*iterables)}
+        namespace = {"func": func, "items": _Zipped(iterables)}
         source = "[func(*item) for item in items]"
     plan = plan_cell(source, "<pmap>")
+    plan.loops[0].source_line = f"pmap({getattr(func, '__name__', 'func')})"
     return engine.run_plan(plan, namespace, opts, pool.get_backend, listener_factory, "<pmap>", source)
+
+
+class _Zipped:
+    """``zip(*iterables)`` that keeps a length when every iterable has one (for progress)."""
+
+    def __init__(self, iterables: tuple):
+        self.iterables = iterables
+
+    def __iter__(self) -> Any:
+        return zip(*self.iterables)
+
+    def __len__(self) -> int:
+        return min(len(it) for it in self.iterables)
 
 
 def status() -> dict[str, Any]:

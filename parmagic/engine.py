@@ -8,6 +8,7 @@ keeps every iteration), speed third (adaptive batching, payload sent once).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import marshal
 import os
@@ -125,7 +126,8 @@ def run_loop(
     try:
         run.record.startup = time.perf_counter() - started
         listener.on_start(run.record)
-        _drive(run, iterable, ref, backend, options, listener)
+        with _routed_output(backend.in_kernel):
+            _drive(run, iterable, ref, backend, options, listener)
     except KeyboardInterrupt:
         _bind_locals(run, namespace)
         raise
@@ -146,6 +148,20 @@ class _SilentListener(PlainListener):
 
     def on_output(self, index: int, stream: str, text: str) -> None:
         """Dropped."""
+
+
+@contextlib.contextmanager
+def _routed_output(in_kernel: bool) -> Iterator[None]:
+    """For in-kernel backends, capture each batch's prints per thread so they commit in order."""
+    if not in_kernel:
+        yield
+        return
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _worker.RoutingStream(out, "stdout"), _worker.RoutingStream(err, "stderr")
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
 
 
 def _length(iterable: Any) -> int | None:

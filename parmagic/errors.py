@@ -24,7 +24,14 @@ class ParmagicError(Exception):
     """Base class of the errors parmagic raises itself."""
 
 
-class RefusedLoopError(ParmagicError):
+class _OneLineError(ParmagicError):
+    """A user-facing error shown by IPython as one line, without parmagic's frames."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+class RefusedLoopError(_OneLineError):
     """A loop whose parallel run could differ from the serial one; nothing ran."""
 
     def __init__(self, message: str, lineno: int | None = None, name: str | None = None):
@@ -33,7 +40,7 @@ class RefusedLoopError(ParmagicError):
         self.name = name
 
 
-class UnsendableValueError(ParmagicError):
+class UnsendableValueError(_OneLineError):
     """A captured value cannot be sent to the workers; nothing ran."""
 
 
@@ -45,7 +52,7 @@ class WorkerDiedError(ParmagicError):
     """The worker process running an iteration died (crash, ``os._exit``, OOM kill)."""
 
 
-class BackendUnavailableError(ParmagicError):
+class BackendUnavailableError(_OneLineError):
     """A backend's optional dependency is not installed, or its cluster is unreachable."""
 
 

@@ -119,6 +119,11 @@ for i in range(12):
     if i % 4 == 0:
         print("  multiple of four")
 """),
+    ("print_order_when_later_iterations_finish_first", """
+for i in range(6):
+    time.sleep(0.02 * (6 - i))
+    print("finished", i)
+"""),
     ("generator_iterable", """
 def gen(n):
     for k in range(n):
