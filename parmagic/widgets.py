@@ -72,6 +72,7 @@ class ProgressBar:
             description=loop_name(label) if label else "",
             bar_style="" if known else "info",
             style={"description_width": "initial"},
+            layout={"width": "40%", "min_width": "240px"},
         )
         self.label = widgets.HTML(value=html.escape(self._start_text()))
         self.box = widgets.HBox([self.bar, self.label])

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,13 @@ class Cell:
         return self.of_type("status")[-1][0]
 
 
-def execute(kc: Any, code: str, timeout: float = 120) -> Cell:
-    """Run ``code``; collect its iopub messages until the kernel is idle again."""
+def execute(
+    kc: Any, code: str, timeout: float = 120, on_msg: Callable[[dict], None] | None = None
+) -> Cell:
+    """Run ``code``; collect its iopub messages until the kernel is idle again.
+
+    ``on_msg`` sees each message as it arrives (to act in the middle of a run).
+    """
     msg_id = kc.execute(code)
     msgs = []
     deadline = time.monotonic() + timeout
@@ -96,14 +102,16 @@ def execute(kc: Any, code: str, timeout: float = 120) -> Cell:
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
         msgs.append((time.monotonic(), msg))
+        if on_msg is not None:
+            on_msg(msg)
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
     return Cell(msgs, kc.get_shell_msg(timeout=timeout))
 
 
 @pytest.fixture(scope="module")
-def kc(tmp_path_factory):
-    """A kernel with parmagic loaded and its pool warm."""
+def kernel(tmp_path_factory):
+    """(manager, client) of a kernel with parmagic loaded and its pool warm."""
     km, client = jupyter_client.start_new_kernel(
         kernel_name="python3", env=kernel_env(), cwd=str(tmp_path_factory.mktemp("kernel"))
     )
@@ -112,10 +120,16 @@ def kc(tmp_path_factory):
         assert cell.reply["content"]["status"] == "ok", cell.reply["content"]
         warm = execute(client, "%%parallel -n 2\nfor i in range(4):\n    time.sleep(0.01)")
         assert warm.reply["content"]["status"] == "ok", warm.reply["content"]
-        yield client
+        yield km, client
     finally:
         client.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kc(kernel):
+    """The kernel's client."""
+    return kernel[1]
 
 
 def test_bar_updates_live_and_ends_in_success(kc):
@@ -171,6 +185,39 @@ def test_error_ends_in_danger_with_summary(kc):
     assert cell.final_state(bar)["bar_style"] == "danger"
     summary = [d for d in cell.displays() if "parmagic-summary" in d.get("text/html", "")]
     assert len(summary) == 1 and "ValueError" in summary[0]["text/plain"]
+
+
+def test_interrupt_ends_in_warning_with_summary(kernel):
+    km, kc = kernel
+    interrupted = []
+
+    def interrupt_after_first_update(msg: dict) -> None:
+        state = msg["content"].get("data", {}).get("state", {})
+        value = state.get("value")  # the bar's int (the label's value is a str)
+        if msg["msg_type"] == "comm_msg" and isinstance(value, int) and value and not interrupted:
+            interrupted.append(True)
+            km.interrupt_kernel()
+
+    code = "%%parallel -n 2\nfor i in range(40):\n    time.sleep(0.2)"
+    cell = execute(kc, code, on_msg=interrupt_after_first_update)
+    assert interrupted and cell.reply["content"]["ename"] == "KeyboardInterrupt"
+    (bar,) = cell.bar_ids()
+    final = cell.final_state(bar)
+    assert final["bar_style"] == "warning" and 0 < final["value"] < 40
+    summary = [d for d in cell.displays() if "parmagic-summary" in d.get("text/html", "")]
+    assert len(summary) == 1 and "interrupted" in summary[0]["text/plain"]
+    after = execute(kc, "%%parallel -n 2\nfor i in range(4):\n    time.sleep(0.01)")
+    assert after.reply["content"]["status"] == "ok"  # the next cell works without a restart
+
+
+def test_compare_and_sweep_are_displayed(kc):
+    code = "%%parallel -n 2 --compare --sweep 1,2\nfor i in range(6):\n    time.sleep(0.05)"
+    cell = execute(kc, code)
+    assert cell.reply["content"]["status"] == "ok", cell.reply["content"]
+    html_outputs = [d.get("text/html", "") for d in cell.displays()]
+    assert any("parmagic-compare" in h and "<svg" in h for h in html_outputs)
+    assert any("parmagic-sweep" in h and "<svg" in h for h in html_outputs)
+    assert len(cell.bar_ids()) == 1  # timing runs show no bar
 
 
 def test_output_shown_in_iteration_order(kc):

@@ -1,0 +1,292 @@
+"""The progress bar and the summary as a person sees them: JupyterLab in headless Chromium.
+
+Starts its own ``jupyter lab`` (free loopback port, random token, throw-away
+config/runtime/settings dirs), opens a notebook with a ``%%parallel`` cell in
+Debian's Chromium through Playwright, runs it, and watches the DOM: the bar
+takes several widths over time, ends full and green, the static summary
+renders below it, and no widget falls back to text or fails. Screenshots go
+to ``artifacts/screenshots/`` and are copied to ``docs/img/`` for the README.
+
+Skips where Chromium or Playwright is missing, except under CI (``CI`` set),
+where a missing browser is a failure.
+
+    apt-get install -y chromium          # no `playwright install`: we use this one
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "artifacts" / "screenshots"
+DOC_IMAGES = ROOT / "docs" / "img"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+NOTEBOOK = "parallel.ipynb"
+CELLS = [
+    "%load_ext parmagic\nimport time",
+    "%%parallel -n 2\nsquares = []\nfor i in range(24):\n    time.sleep(0.25)\n"
+    "    squares.append(i * i)",
+    "sum(squares)",
+]
+BAR = ".jp-OutputArea-output .jupyter-widgets.widget-hprogress"
+
+
+def missing(reason: str) -> None:
+    """Skip on a developer machine; fail under CI, where the browser tier must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the browser test may not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def playwright_api():
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing("playwright is not installed (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        missing(f"{CHROMIUM} missing (apt-get install -y chromium)")
+    return sync_api
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kernel_pids(kernel_ids: list[str]) -> list[int]:
+    """PIDs of processes whose command line names one of these kernels."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if any(f"kernel-{k}.json" in cmd for k in kernel_ids):
+            pids.append(int(proc.name))
+    return pids
+
+
+def write_notebook(root: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, root / NOTEBOOK)
+
+
+def lab_command(port: int, token: str, root: Path, tmp: Path) -> list[str]:
+    cmd = [
+        str(Path(sys.executable).with_name("jupyter")),
+        "lab",
+        "--no-browser",
+        f"--port={port}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        f"--LabApp.user_settings_dir={tmp / 'settings'}",
+        f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
+        "--expose-app-in-browser",
+    ]
+    return cmd + (["--allow-root"] if os.geteuid() == 0 else [])
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited: {log.read_text()}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # polling a server that gives no readiness event
+
+
+def stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
+    """SIGTERM the server (it shuts its kernels), then check no kernel survived."""
+    try:
+        with urllib.request.urlopen(f"{base}/api/kernels?token={token}", timeout=5) as r:
+            kernel_ids = [k["id"] for k in json.load(r)]
+    except OSError:
+        kernel_ids = []
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # our own session only
+        proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while kernel_pids(kernel_ids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = kernel_pids(kernel_ids)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"kernel processes survived the server: {left}"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, playwright_api):
+    """``jupyter lab`` serving the test notebook, with this checkout importable by kernels."""
+    tmp = tmp_path_factory.mktemp("lab")
+    root = tmp / "root"
+    root.mkdir()
+    write_notebook(root)
+    notif = tmp / "settings" / "@jupyterlab" / "apputils-extension"
+    notif.mkdir(parents=True)
+    (notif / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(tmp / "config"),
+        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+        JUPYTER_DATA_DIR=str(tmp / "data"),
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    )
+    log_path = tmp / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            lab_command(port, token, root, tmp),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(proc, f"{base}/api/status?token={token}", log_path)
+        yield {"base": base, "token": token}
+    finally:
+        stop_server(proc, base, token)
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_api):
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+# Record every width the progress bar takes, in the page (MutationObserver), so that no
+# intermediate state is missed by polling.
+RECORD_JS = """() => {
+  window.__bars = [];
+  new MutationObserver(muts => {
+    for (const m of muts) {
+      const el = m.target;
+      if (!(el instanceof HTMLElement) || !el.classList.contains('progress-bar')) continue;
+      window.__bars.push({t: performance.now(), width: el.style.width, cls: el.className});
+    }
+  }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ['style', 'class']});
+}"""
+
+BAR_WIDTH_JS = """() => { const b = document.querySelector('.widget-hprogress .progress-bar');
+                         return b ? parseFloat(b.style.width) : null; }"""
+
+
+MID_RUN_JS = f"() => {{ const w = ({BAR_WIDTH_JS})(); return w >= 25 && w <= 75; }}"
+
+
+def open_notebook(browser, lab):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{lab['base']}/lab/tree/{NOTEBOOK}?token={lab['token']}")
+    page.wait_for_selector(
+        ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000
+    )
+    page.get_by_text("| Idle").first.wait_for(timeout=60_000)
+    return page, errors
+
+
+def distinct_widths(records: list[dict]) -> list[tuple[float, float]]:
+    """(time ms, width %) each time the width changed."""
+    widths: list[tuple[float, float]] = []
+    for rec in records:
+        if not rec["width"]:
+            continue
+        w = float(rec["width"].rstrip("%"))
+        if not widths or widths[-1][1] != w:
+            widths.append((rec["t"], w))
+    return widths
+
+
+def save_shot(locator, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+    locator.screenshot(path=str(SHOTS / name))
+    shutil.copyfile(SHOTS / name, DOC_IMAGES / name)
+
+
+def test_parallel_cell_shows_live_bar_then_summary(browser, lab):
+    page, errors = open_notebook(browser, lab)
+    page.evaluate(RECORD_JS)
+    # (not awaited: the command's promise resolves only when every cell has run)
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    loop_cell = page.locator(".jp-CodeCell").nth(1)
+
+    # the widget view appears, or its text/plain fallback if widgets failed: fail fast then
+    first = page.wait_for_selector(
+        f"{BAR}, .jp-OutputArea-output:has-text('[parmagic] for')", timeout=60_000
+    )
+    assert "widget-hprogress" in (first.get_attribute("class") or ""), (
+        "widget did not render, got its text fallback: " + first.inner_text()
+    )
+
+    page.wait_for_function(MID_RUN_JS, polling=50, timeout=30_000)
+    save_shot(loop_cell, "progress-live.png")
+
+    page.wait_for_selector(f"{BAR} .progress-bar.progress-bar-success", timeout=60_000)
+    assert page.evaluate(BAR_WIDTH_JS) == 100.0
+    summary = loop_cell.locator(".parmagic-summary")
+    summary.wait_for(timeout=30_000)
+    page.locator(".jp-CodeCell").nth(2).locator(
+        ".jp-OutputArea-output", has_text=str(sum(i * i for i in range(24)))
+    ).wait_for(timeout=30_000)
+    save_shot(loop_cell, "summary.png")
+
+    widths = distinct_widths(page.evaluate("window.__bars"))
+    seen = [w for _, w in widths]
+    assert seen == sorted(seen), seen
+    assert len({w for w in seen if 0 < w < 100}) >= 4, seen
+    assert (widths[-1][0] - widths[0][0]) / 1000 > 1.0, widths  # spread over the run: live
+
+    assert "24/24" in loop_cell.locator(".widget-hbox").inner_text()
+    assert summary.locator("svg rect").count() >= 24
+    assert "speedup" in summary.inner_text()
+    out_text = loop_cell.locator(".jp-OutputArea").inner_text()
+    for fallback in ("[parmagic] for", "HBox(", "IntProgress(", "Loading widget"):
+        assert fallback not in out_text, out_text
+    assert "Error displaying widget" not in page.content()
+    assert not errors, errors
+    page.close()
