@@ -110,6 +110,13 @@ def write_payload_file(path: str, payload: Payload, dumps_with_buffers: Any) -> 
             f.write(r)
 
 
+def durations(result: BatchResult) -> list[float]:
+    """Seconds each iteration of a batch took."""
+    marks = result.marks
+    ends = marks[1:] + [result.end]
+    return [max(0.0, e - m) for m, e in zip(marks, ends)]
+
+
 @dataclass
 class BatchResult:
     """What one batch sends back; iteration indexes are absolute."""
@@ -117,10 +124,11 @@ class BatchResult:
     start: int
     ran: int  # iterations attempted (ran to the end or failed)
     pid: int
-    effects: list[tuple[int, int, tuple]] = field(default_factory=list)  # (k, effect id, values)
+    effects: list[tuple[int, tuple]] = field(default_factory=list)  # (effect id, values), in order
     outputs: list[tuple[int, str, str]] = field(default_factory=list)  # (k, stream, text)
-    starts: list[float] = field(default_factory=list)  # time.time() at each iteration's start
-    durations: list[float] = field(default_factory=list)
+    marks: list[float] = field(default_factory=list)  # perf_counter() as each iteration starts
+    end: float = 0.0  # perf_counter() when the last iteration ended
+    wall0: float = field(default_factory=lambda: time.time() - time.perf_counter())  # perf -> wall
     errors: list[tuple[int, BaseException, str]] = field(default_factory=list)  # (k, exc, tb)
     locals: dict[str, Any] = field(default_factory=dict)  # values, or cloudpickle bytes
     unsent_locals: list[str] = field(default_factory=list)
@@ -142,6 +150,7 @@ def _batch_function(ref: PayloadRef) -> tuple[Payload, Any]:
         payload = ref.load()
         glb = dict(payload.captured)
         glb["__builtins__"] = builtins
+        glb[RESERVED + "clock"] = time.perf_counter
         glb.setdefault("__name__", "__main__")
         exec(marshal.loads(payload.code), glb)
         lines = payload.source.splitlines(True)
@@ -175,26 +184,24 @@ class _BatchState:
 
     def __init__(self, result: BatchResult, timeout: float | None):
         self.result = result
-        self.current = result.start - 1
+        self.start = result.start
         self.timeout = timeout
-        self._t0: float | None = None
         self.record = result.effects.append
+        # the body calls mark(perf_counter()) per iteration: a bare list.append when it can
+        self.mark = self._mark_and_arm if timeout else result.marks.append
 
-    def mark(self, k: int) -> None:
-        """Iteration ``k`` starts: close the previous one's timing, re-arm the timeout."""
-        now = time.perf_counter()
-        self.close(now)
-        self.current = k
-        self._t0 = now
-        self.result.starts.append(time.time())
-        if self.timeout:
-            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+    @property
+    def current(self) -> int:
+        """The iteration running now (or that ran last)."""
+        return self.start + len(self.result.marks) - 1
 
-    def close(self, now: float | None = None) -> None:
-        """The running iteration ended (or failed): record its duration."""
-        if self._t0 is not None:
-            self.result.durations.append((now or time.perf_counter()) - self._t0)
-            self._t0 = None
+    def _mark_and_arm(self, now: float) -> None:
+        self.result.marks.append(now)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+
+    def close(self) -> None:
+        """The running iteration ended (or failed): note the time, disarm the timeout."""
+        self.result.end = time.perf_counter()
         if self.timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
@@ -255,7 +262,7 @@ def run_batch(ref: PayloadRef, start: int, items: list) -> BatchResult:
             _thread_capture.state = None
         else:
             sys.stdout, sys.stderr = old_out, old_err
-    result.ran = len(result.durations)
+    result.ran = len(result.marks)
     if payload.pickle_locals:
         _pickle_locals(result)
     return result
@@ -272,7 +279,7 @@ def _run_items(payload: Payload, fn: Any, state: _BatchState, start: int, items:
     pos = 0
     while pos < len(items):
         try:
-            local_ns = fn(enumerate(items[pos:], start + pos), state.record, state.mark)
+            local_ns = fn(items[pos:] if pos else items, state.record, state.mark)
             state.close()
             state.result.locals.update(_user_locals(local_ns))
             return

@@ -26,7 +26,7 @@ from .backends.base import Backend
 from .errors import CollectedErrors, RemoteTraceback
 from .listener import PlainListener, RunListener
 from .options import Options
-from .record import CANCELLED, DONE, ERROR, FAILED, INTERRUPTED, SUCCESS, IterationRecord, RunRecord
+from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
 
 #: Aim each batch at this many seconds of work: long enough to hide per-task overhead
@@ -210,8 +210,8 @@ class _Batcher:
 
     def observe(self, result: _worker.BatchResult) -> None:
         """Learn the cost of an iteration from a finished batch."""
-        if result.durations:
-            mean = sum(result.durations) / len(result.durations)
+        if result.marks:
+            mean = max(0.0, result.end - result.marks[0]) / len(result.marks)
             self.per_item = mean if self.per_item is None else 0.5 * (self.per_item + mean)
 
     def next_size(self, submitted: int) -> int:
@@ -258,7 +258,7 @@ def _drive(run: LoopRun, iterable: Any, ref: Any, backend: Backend, options: Opt
                 stop = _commit(run, result, chunk, listener)
                 next_start += len(chunk)
             if stop:
-                _cancel_rest(run, in_flight, ready, backend, chunk_from=next_start)
+                _cancel_rest(run, in_flight, ready)
                 in_flight.clear()
                 break
             listener.on_progress(run.record, min(len(in_flight), backend.n_workers))
@@ -273,41 +273,35 @@ def _batch_result(future: Future, start: int, chunk: list) -> _worker.BatchResul
     try:
         return future.result()
     except BaseException as exc:  # noqa: B036 - a lost worker or transport error, reported per iteration
-        result = _worker.BatchResult(start=start, ran=1, pid=0)
-        result.durations.append(0.0)
-        result.starts.append(time.time())
+        now = time.perf_counter()
+        result = _worker.BatchResult(start=start, ran=1, pid=0, marks=[now], end=now)
         result.errors.append((start, exc, ""))
         return result
 
 
 def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: RunListener) -> bool:
-    """Apply a batch's iterations in order; return True when the loop must stop."""
+    """Apply a batch's iterations in order; return True when the loop must stop.
+
+    Effects come in the order the worker made them, so replaying them in that
+    order is replaying them in iteration order.
+    """
     __tracebackhide__ = True
-    errors = {k: (exc, tb) for k, exc, tb in result.errors}
-    effects = _group(result.effects)
-    outputs = _group_outputs(result.outputs)
     replay = run.replay
-    for offset in range(result.ran):
-        k = result.start + offset
-        for eid, values in effects.get(k, ()):
-            replay[eid](values)
-        text = outputs.get(k)
-        if text:
-            for stream, chunk_text in text:
-                listener.on_output(k, stream, chunk_text)
-        it = IterationRecord(
-            index=k,
-            status=FAILED if k in errors else DONE,
-            start=result.starts[offset] if offset < len(result.starts) else None,
-            duration=result.durations[offset] if offset < len(result.durations) else None,
-            worker=result.pid,
-            output="".join(t for _, t in text) if text else "",
-        )
-        run.record.iterations.append(it)
-        if k in errors:
-            exc, tb = errors[k]
-            it.error, it.item = exc, chunk[offset]
-            _note_failure(run, k, chunk[offset], exc, tb)
+    for eid, values in result.effects:
+        replay[eid](values)
+    outputs: dict[int, str] = {}
+    for k, stream, text in result.outputs:
+        listener.on_output(k, stream, text)
+        outputs[k] = outputs.get(k, "") + text
+    task = TaskRecord(
+        index=result.start, count=result.ran, start=result.wall0 + (result.marks[0] if result.marks else 0.0),
+        durations=_worker.durations(result), worker=result.pid, outputs=outputs,
+    )
+    for k, exc, tb in result.errors:
+        item = chunk[k - result.start]
+        task.errors[k], task.items[k] = exc, item
+        _note_failure(run, k, item, exc, tb)
+    run.record.add_task(task)
     run.final_locals.update(result.locals)
     return run.first_error is not None and not run.collect
 
@@ -320,27 +314,14 @@ def _note_failure(run: LoopRun, k: int, item: Any, exc: BaseException, tb: str) 
         run.first_error = (k, exc, tb)
 
 
-def _group(effects: list[tuple[int, int, tuple]]) -> dict[int, list[tuple[int, tuple]]]:
-    grouped: dict[int, list[tuple[int, tuple]]] = {}
-    for k, eid, values in effects:
-        grouped.setdefault(k, []).append((eid, values))
-    return grouped
-
-
-def _group_outputs(outputs: list[tuple[int, str, str]]) -> dict[int, list[tuple[str, str]]]:
-    grouped: dict[int, list[tuple[str, str]]] = {}
-    for k, stream, text in outputs:
-        grouped.setdefault(k, []).append((stream, text))
-    return grouped
-
-
-def _cancel_rest(run: LoopRun, in_flight: dict, ready: dict, backend: Backend, chunk_from: int) -> None:
+def _cancel_rest(run: LoopRun, in_flight: dict, ready: dict) -> None:
+    """The loop stops (an error): cancel queued batches, drop finished ones after the error."""
     for future in in_flight:
         future.cancel()
     # batches still running on workers finish on their own; their results are dropped
-    cancelled = sorted(start for start, _ in in_flight.values()) + sorted(ready)
-    for start in cancelled:
-        run.record.iterations.append(IterationRecord(index=start, status=CANCELLED))
+    for start, chunk in list(in_flight.values()) + [(start, c) for start, (_, c) in ready.items()]:
+        run.record.cancelled.extend(range(start, start + len(chunk)))
+    run.record.cancelled.sort()
 
 
 def _interrupted(run: LoopRun, in_flight: dict, ready: dict, next_start: int, backend: Backend, listener: RunListener) -> None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .record import DONE, FAILED, RunRecord
+from .record import RunRecord
 
 #: A clock returning seconds, like ``time.monotonic``.
 Clock = Callable[[], float]
@@ -45,8 +45,7 @@ def loop_name(label: str) -> str:
 class Progress:
     """How far a run has got: counts, busy workers and the times derived from them.
 
-    ``observe`` reads only the iterations committed since its last call, so
-    calling it after every commit costs O(1) per iteration.
+    ``observe`` reads the record's counters, so calling it after every commit is O(1).
     """
 
     total: int | None
@@ -57,7 +56,6 @@ class Progress:
     failed: int = 0
     busy: int = 0
     finished_at: float | None = None
-    _seen: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if self.started is None:
@@ -69,16 +67,13 @@ class Progress:
         return cls(total=record.total, n_workers=record.n_workers, clock=clock)
 
     def observe(self, record: RunRecord, busy: int) -> None:
-        """Count the iterations appended to ``record`` since the last call."""
-        new = record.iterations[self._seen :]
-        self._seen += len(new)
-        self.done += sum(1 for it in new if it.status == DONE)
-        self.failed += sum(1 for it in new if it.status == FAILED)
+        """Take the record's counts of committed iterations."""
+        self.done, self.failed = record.done, record.failed
         self.busy = busy
 
     def recount(self, record: RunRecord) -> None:
-        """Count every iteration of ``record`` again (at the end, for exact numbers)."""
-        self.done, self.failed, self._seen = record.done, record.failed, len(record.iterations)
+        """Take the final counts of ``record``."""
+        self.done, self.failed = record.done, record.failed
 
     def finish(self, record: RunRecord) -> None:
         """Freeze the clock and take the final counts; no worker is busy any more."""

@@ -32,8 +32,46 @@ class IterationRecord:
 
 
 @dataclass
+class TaskRecord:
+    """One batch of consecutive iterations that ran on one worker (a rectangle of the timeline)."""
+
+    index: int  # first iteration of the batch
+    count: int  # iterations that ran (to the end or to their error)
+    start: float  # time.time() in the worker when the first iteration started
+    durations: list[float]
+    worker: int
+    errors: dict[int, BaseException] = field(default_factory=dict)
+    outputs: dict[int, str] = field(default_factory=dict)
+    items: dict[int, Any] = field(default_factory=dict)  # items of failed iterations
+
+    @property
+    def duration(self) -> float:
+        """Seconds the worker spent on the batch's iterations."""
+        return sum(self.durations)
+
+    @property
+    def status(self) -> str:
+        """``failed`` if any of its iterations failed, else ``done``."""
+        return FAILED if self.errors else DONE
+
+    def iteration_records(self) -> list[IterationRecord]:
+        """One record per iteration of the batch."""
+        out, t = [], self.start
+        for offset in range(self.count):
+            k = self.index + offset
+            d = self.durations[offset] if offset < len(self.durations) else 0.0
+            err = self.errors.get(k)
+            out.append(IterationRecord(
+                index=k, status=FAILED if err is not None else DONE, start=t, duration=d,
+                worker=self.worker, output=self.outputs.get(k, ""), error=err, item=self.items.get(k),
+            ))
+            t += d
+        return out
+
+
+@dataclass
 class RunRecord:
-    """One loop or ``%pmap`` run: its iterations and its timing."""
+    """One loop or ``%pmap`` run: its batches, counters, and (on demand) its iterations."""
 
     label: str
     backend: str
@@ -42,30 +80,53 @@ class RunRecord:
     started: float = field(default_factory=time.time)  # wall clock at the start of the run
     ended: float | None = None
     outcome: str = RUNNING
-    iterations: list[IterationRecord] = field(default_factory=list)
+    tasks: list[TaskRecord] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)  # first iterations of dropped batches
     #: seconds from the start of the run until the first task was submitted (pool start-up,
     #: pickling of captured values)
     startup: float = 0.0
+    done: int = 0  # iterations that finished without error
+    failed: int = 0  # iterations that raised, timed out or lost their worker
+    task_time: float = 0.0  # summed duration of all iterations that ran
+    _iterations: list[IterationRecord] | None = field(default=None, repr=False)
+
+    def add_task(self, task: TaskRecord) -> None:
+        """Count a committed batch."""
+        self.tasks.append(task)
+        self.failed += len(task.errors)
+        self.done += task.count - len(task.errors)
+        self.task_time += task.duration
+        self._iterations = None
+
+    def add_iteration(self, it: IterationRecord) -> None:
+        """Count one iteration as a batch of its own (for records built by hand)."""
+        task = TaskRecord(
+            index=it.index, count=1, start=it.start if it.start is not None else self.started,
+            durations=[it.duration or 0.0], worker=it.worker or 0, outputs={it.index: it.output} if it.output else {},
+        )
+        if it.status == FAILED:
+            task.errors[it.index] = it.error if it.error is not None else RuntimeError("failed")
+            task.items[it.index] = it.item
+        self.add_task(task)
+
+    @property
+    def iterations(self) -> list[IterationRecord]:
+        """Every committed iteration in order, then the cancelled ones (built on first use)."""
+        if self._iterations is None:
+            its = [it for task in self.tasks for it in task.iteration_records()]
+            its += [IterationRecord(index=k, status=CANCELLED) for k in self.cancelled]
+            self._iterations = its
+        return self._iterations
+
+    @property
+    def failures(self) -> list[IterationRecord]:
+        """The failed iterations, in order."""
+        return [it for task in self.tasks if task.errors for it in task.iteration_records() if it.status == FAILED]
 
     @property
     def wall(self) -> float:
         """Wall time of the run in seconds (so far, while it runs)."""
         return (self.ended or time.time()) - self.started
-
-    @property
-    def done(self) -> int:
-        """Number of iterations that finished without error."""
-        return sum(1 for it in self.iterations if it.status == DONE)
-
-    @property
-    def failed(self) -> int:
-        """Number of iterations that raised, timed out or lost their worker."""
-        return sum(1 for it in self.iterations if it.status == FAILED)
-
-    @property
-    def task_time(self) -> float:
-        """Summed duration of all iterations that ran."""
-        return sum(it.duration or 0.0 for it in self.iterations)
 
     @property
     def speedup(self) -> float:
@@ -80,4 +141,4 @@ class RunRecord:
     @property
     def outputs(self) -> str:
         """All captured output, in iteration order."""
-        return "".join(it.output for it in self.iterations)
+        return "".join(text for task in self.tasks for _, text in sorted(task.outputs.items()))

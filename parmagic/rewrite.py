@@ -205,9 +205,9 @@ def build_batch_function(loop: ast.For, analysis: LoopAnalysis, filename: str) -
     replays: list[ast.stmt] = [None] * len(analysis.effects)  # type: ignore[list-item]
     by_position = {_position(e.stmt): e for e in analysis.effects}
     body = _EffectRecorder(by_position, replays).visit_block(body)
-    k = ast.Name(RESERVED + "k", ast.Store())
-    mark = ast.Expr(ast.Call(ast.Name(RESERVED + "mark", ast.Load()), [ast.Name(RESERVED + "k", ast.Load())], []))
-    target = ast.Tuple([k, copy.deepcopy(loop.target)], ast.Store())
+    clock = ast.Call(ast.Name(RESERVED + "clock", ast.Load()), [], [])
+    mark = ast.Expr(ast.Call(ast.Name(RESERVED + "mark", ast.Load()), [clock], []))
+    target = copy.deepcopy(loop.target)
     inner = ast.For(target, ast.Name(RESERVED + "items", ast.Load()), [mark, *body], [])
     ret = ast.Return(ast.Call(ast.Name("locals", ast.Load()), [], []))
     args = ast.arguments(
@@ -258,7 +258,7 @@ class _EffectRecorder:
         return out
 
     def record(self, stmt: ast.stmt, eid: int) -> ast.stmt:
-        """``__pm_rec((__pm_k, eid, (values...)))`` in the worker; the replay for the kernel."""
+        """``__pm_rec((eid, (values...)))`` in the worker; the replay for the kernel."""
         replay = copy.deepcopy(stmt)
         worker_values = []
         for i, node in enumerate(effect_value_nodes(replay)):
@@ -266,7 +266,7 @@ class _EffectRecorder:
             _replace(replay, node, _placeholder(i, node))
         self.replays[eid] = replay
         values = ast.Tuple(worker_values, ast.Load())
-        rec_arg = ast.Tuple([ast.Name(RESERVED + "k", ast.Load()), ast.Constant(eid), values], ast.Load())
+        rec_arg = ast.Tuple([ast.Constant(eid), values], ast.Load())
         call = ast.Expr(ast.Call(ast.Name(RESERVED + "rec", ast.Load()), [rec_arg], []))
         return ast.copy_location(call, stmt)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .progress import format_seconds, loop_name
-from .record import CANCELLED, DONE, FAILED, IterationRecord, RunRecord
+from .record import DONE, FAILED, RunRecord, TaskRecord
 
 #: Above this many iterations the timeline merges touching rectangles of a row.
 MAX_TIMELINE_RECTS = 1000
@@ -62,13 +62,12 @@ class WorkerStats:
 
 def worker_stats(record: RunRecord) -> list[WorkerStats]:
     """Per worker pid: iteration count and busy seconds, in order of first start."""
-    by_pid: dict[int, list[IterationRecord]] = defaultdict(list)
-    for it in record.iterations:
-        if it.worker is not None:
-            by_pid[it.worker].append(it)
-    order = sorted(by_pid, key=lambda pid: min(it.start or 0.0 for it in by_pid[pid]))
+    by_pid: dict[int, list[TaskRecord]] = defaultdict(list)
+    for task in record.tasks:
+        by_pid[task.worker].append(task)
+    order = sorted(by_pid, key=lambda pid: min(t.start for t in by_pid[pid]))
     return [
-        WorkerStats(pid, len(by_pid[pid]), sum(it.duration or 0.0 for it in by_pid[pid]))
+        WorkerStats(pid, sum(t.count for t in by_pid[pid]), sum(t.duration for t in by_pid[pid]))
         for pid in order
     ]
 
@@ -81,7 +80,7 @@ def overhead(record: RunRecord) -> float:
 
 def failure_text(record: RunRecord) -> str:
     """``#3 ZeroDivisionError, #7 TimeoutError`` for the first failed iterations."""
-    failed = [it for it in record.iterations if it.status == FAILED]
+    failed = record.failures
     named = [
         f"#{it.index} {type(it.error).__name__ if it.error is not None else 'failed'}"
         for it in failed[:MAX_LISTED_FAILURES]
@@ -93,7 +92,7 @@ def failure_text(record: RunRecord) -> str:
 def iteration_counts(record: RunRecord) -> str:
     """``7 done, 1 failed, 8 not run (of 16)``."""
     parts = [f"{record.done} done", f"{record.failed} failed"]
-    cancelled = sum(1 for it in record.iterations if it.status == CANCELLED)
+    cancelled = len(record.cancelled)
     if record.total is not None:
         cancelled = max(cancelled, record.total - record.done - record.failed)
     if cancelled:
@@ -119,19 +118,19 @@ def timeline_rows(record: RunRecord) -> list[tuple[str, list[Segment]]]:
     """Rows of the timeline: one per worker pid (more if its tasks overlapped, as threads do)."""
     rows: list[tuple[str, list[Segment]]] = []
     for stats in worker_stats(record):
-        mine = [it for it in record.iterations if it.worker == stats.pid and it.start is not None]
+        mine = [t for t in record.tasks if t.worker == stats.pid]
         for lane_no, lane in enumerate(_lanes(record, mine)):
             name = f"pid {stats.pid}" + (f" #{lane_no + 1}" if lane_no else "")
             rows.append((name, lane))
     return rows
 
 
-def _lanes(record: RunRecord, iterations: list[IterationRecord]) -> list[list[Segment]]:
-    """Put overlapping iterations on separate lanes (greedy, in start order)."""
+def _lanes(record: RunRecord, tasks: list[TaskRecord]) -> list[list[Segment]]:
+    """Put overlapping batches on separate lanes (greedy, in start order)."""
     lanes: list[list[Segment]] = []
-    for it in sorted(iterations, key=lambda it: it.start or 0.0):
-        start = (it.start or 0.0) - record.started
-        seg = Segment(start, start + (it.duration or 0.0), it.status, 1, it.index)
+    for task in sorted(tasks, key=lambda t: t.start):
+        start = task.start - record.started
+        seg = Segment(start, start + task.duration, task.status, task.count, task.index)
         lane = next((lane for lane in lanes if lane[-1].end <= seg.start + 1e-4), None)
         if lane is None:
             lanes.append([seg])
@@ -147,7 +146,7 @@ def _merge(segments: list[Segment], gap: float) -> list[Segment]:
         last = merged[-1] if merged else None
         if last and last.status == seg.status and seg.start - last.end < gap:
             merged[-1] = Segment(
-                last.start, max(last.end, seg.end), last.status, last.count + 1, last.first_index
+                last.start, max(last.end, seg.end), last.status, last.count + seg.count, last.first_index
             )
         else:
             merged.append(seg)
@@ -190,7 +189,7 @@ def timeline_svg(record: RunRecord) -> str:
         return "<p><i>No iteration ran, so there is no timeline.</i></p>"
     ends = [seg.end for _, segs in rows for seg in segs]
     frame = _Frame(span=max(record.wall, max(ends), 1e-6))
-    many = len(record.iterations) > MAX_TIMELINE_RECTS
+    many = len(record.tasks) > MAX_TIMELINE_RECTS
     pixel = frame.span / (frame.width - frame.left - frame.right)
     parts = [_startup_rect(frame, record.startup, len(rows))]
     for row_no, (name, segs) in enumerate(rows):

@@ -46,8 +46,8 @@ def record_of(total: int | None = 16, workers: int = 2) -> RunRecord:
 
 
 def commit(record: RunRecord, status: str = DONE, duration: float = 0.01) -> None:
-    i = len(record.iterations)
-    record.iterations.append(IterationRecord(i, status, record.started, duration, worker=1))
+    i = record.done + record.failed
+    record.add_iteration(IterationRecord(i, status, record.started, duration, worker=1))
 
 
 # ------------------------------------------------------------------ environment

@@ -22,7 +22,7 @@ class FakeClock:
 
 
 def commit(record: RunRecord, status: str = DONE) -> None:
-    record.iterations.append(IterationRecord(len(record.iterations), status))
+    record.add_iteration(IterationRecord(record.done + record.failed, status))
 
 
 @pytest.fixture
@@ -50,8 +50,7 @@ def test_recount_and_finish_take_exact_numbers(clock):
     progress, record = make(clock)
     commit(record)
     progress.observe(record, busy=2)
-    record.iterations[0].status = FAILED  # changed after it was counted
-    commit(record)
+    commit(record, FAILED)
     clock.advance(3)
     progress.finish(record)
     assert (progress.done, progress.failed, progress.busy) == (1, 1, 0)

@@ -22,12 +22,13 @@ from parmagic.summary import (
 T0 = 1_000_000.0
 
 
-def two_worker_record(outcome: str = "success") -> RunRecord:
+def two_worker_record(outcome: str = "success", failed: range = range(0)) -> RunRecord:
     """8 iterations of 0.5 s on two workers, back to back, after 0.1 s of start-up."""
     record = RunRecord("loop 1", "loky", 2, 8, started=T0, startup=0.1)
     for i in range(8):
         start = T0 + 0.1 + 0.5 * (i // 2)
-        record.iterations.append(IterationRecord(i, DONE, start, 0.5, worker=100 + i % 2))
+        status, error = (FAILED, ZeroDivisionError("x")) if i in failed else (DONE, None)
+        record.add_iteration(IterationRecord(i, status, start, 0.5, worker=100 + i % 2, error=error))
     record.ended, record.outcome = T0 + 2.2, outcome
     return record
 
@@ -102,16 +103,13 @@ def test_overlapping_tasks_of_one_pid_go_on_separate_lanes():
     record = RunRecord("threads", "threads", 2, 4, started=T0)
     for i in range(4):
         start = T0 + 0.5 * (i // 2)
-        record.iterations.append(IterationRecord(i, DONE, start, 0.5, worker=42))
+        record.add_iteration(IterationRecord(i, DONE, start, 0.5, worker=42))
     record.ended = T0 + 1.0
     assert [name for name, _ in timeline_rows(record)] == ["pid 42", "pid 42 #2"]
 
 
 def test_failures_are_named_and_drawn_red():
-    record = two_worker_record("error")
-    for i in range(1, 8):
-        record.iterations[i].status = FAILED
-        record.iterations[i].error = ZeroDivisionError("x")
+    record = two_worker_record("error", failed=range(1, 8))
     summary = Summary(record)
     assert "#1 ZeroDivisionError" in summary.text()
     assert "and 2 more" in summary.text()
@@ -130,7 +128,7 @@ def test_many_iterations_are_merged_into_few_rects():
     record = RunRecord("big", "loky", 2, 20_000, started=T0)
     for i in range(20_000):
         start = T0 + 0.0001 * (i // 2)
-        record.iterations.append(IterationRecord(i, DONE, start, 0.0001, worker=7 + i % 2))
+        record.add_iteration(IterationRecord(i, DONE, start, 0.0001, worker=7 + i % 2))
     record.ended = T0 + 1.0
     html_text = Summary(record).html()
     assert len(rects(svg_of(html_text))) < 50
