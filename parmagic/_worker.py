@@ -110,13 +110,6 @@ def write_payload_file(path: str, payload: Payload, dumps_with_buffers: Any) -> 
             f.write(r)
 
 
-def durations(result: BatchResult) -> list[float]:
-    """Seconds each iteration of a batch took."""
-    marks = result.marks
-    ends = marks[1:] + [result.end]
-    return [max(0.0, e - m) for m, e in zip(marks, ends)]
-
-
 @dataclass
 class BatchResult:
     """What one batch sends back; iteration indexes are absolute."""

@@ -35,7 +35,7 @@ TARGET_BATCH_SECONDS = 0.05
 #: Batches in flight per worker: enough to keep every worker fed while results travel.
 IN_FLIGHT_PER_WORKER = 2
 #: Each worker gets at least this many batches of a sized iterable, so the end is even.
-MIN_BATCHES_PER_WORKER = 2
+MIN_BATCHES_PER_WORKER = 4
 #: How long the engine waits for a result before it refreshes progress anyway.
 POLL_SECONDS = 0.1
 
@@ -222,8 +222,7 @@ class _Batcher:
             return 1
         size = int(TARGET_BATCH_SECONDS / max(self.per_item, 1e-7))
         if self.total is not None:
-            remaining = self.total - submitted
-            size = min(size, -(-remaining // (self.n_workers * MIN_BATCHES_PER_WORKER)))
+            size = min(size, -(-self.total // (self.n_workers * MIN_BATCHES_PER_WORKER)))
         return max(1, size)
 
 
@@ -286,16 +285,14 @@ def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: Ru
     order is replaying them in iteration order.
     """
     __tracebackhide__ = True
-    replay = run.replay
-    for eid, values in result.effects:
-        replay[eid](values)
+    _replay(run, result.effects)
     outputs: dict[int, str] = {}
     for k, stream, text in result.outputs:
         listener.on_output(k, stream, text)
         outputs[k] = outputs.get(k, "") + text
     task = TaskRecord(
         index=result.start, count=result.ran, start=result.wall0 + (result.marks[0] if result.marks else 0.0),
-        durations=_worker.durations(result), worker=result.pid, outputs=outputs,
+        marks=result.marks, end=result.end, worker=result.pid, outputs=outputs,
     )
     for k, exc, tb in result.errors:
         item = chunk[k - result.start]
@@ -304,6 +301,21 @@ def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: Ru
     run.record.add_task(task)
     run.final_locals.update(result.locals)
     return run.first_error is not None and not run.collect
+
+
+def _replay(run: LoopRun, effects: list) -> None:
+    """Apply effect records in order (a loop with one effect site records bare values)."""
+    replay = run.replay
+    if len(replay) == 1:
+        if run.step.kind == "list":  # a comprehension: the values are the elements
+            run.accumulator.extend([values[0] for values in effects])
+            return
+        only = replay[0]
+        for values in effects:
+            only(values)
+        return
+    for eid, values in effects:
+        replay[eid](values)
 
 
 def _note_failure(run: LoopRun, k: int, item: Any, exc: BaseException, tb: str) -> None:

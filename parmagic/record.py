@@ -38,7 +38,8 @@ class TaskRecord:
     index: int  # first iteration of the batch
     count: int  # iterations that ran (to the end or to their error)
     start: float  # time.time() in the worker when the first iteration started
-    durations: list[float]
+    marks: list[float]  # the worker's clock as each iteration started (seconds)
+    end: float  # the worker's clock when the last one ended
     worker: int
     errors: dict[int, BaseException] = field(default_factory=dict)
     outputs: dict[int, str] = field(default_factory=dict)
@@ -47,7 +48,13 @@ class TaskRecord:
     @property
     def duration(self) -> float:
         """Seconds the worker spent on the batch's iterations."""
-        return sum(self.durations)
+        return max(0.0, self.end - self.marks[0]) if self.marks else 0.0
+
+    @property
+    def durations(self) -> list[float]:
+        """Seconds each iteration took."""
+        ends = self.marks[1:] + [self.end]
+        return [max(0.0, e - m) for m, e in zip(self.marks, ends)]
 
     @property
     def status(self) -> str:
@@ -56,10 +63,10 @@ class TaskRecord:
 
     def iteration_records(self) -> list[IterationRecord]:
         """One record per iteration of the batch."""
-        out, t = [], self.start
+        out, t, durations = [], self.start, self.durations
         for offset in range(self.count):
             k = self.index + offset
-            d = self.durations[offset] if offset < len(self.durations) else 0.0
+            d = durations[offset] if offset < len(durations) else 0.0
             err = self.errors.get(k)
             out.append(IterationRecord(
                 index=k, status=FAILED if err is not None else DONE, start=t, duration=d,
@@ -100,9 +107,10 @@ class RunRecord:
 
     def add_iteration(self, it: IterationRecord) -> None:
         """Count one iteration as a batch of its own (for records built by hand)."""
+        start = it.start if it.start is not None else self.started
         task = TaskRecord(
-            index=it.index, count=1, start=it.start if it.start is not None else self.started,
-            durations=[it.duration or 0.0], worker=it.worker or 0, outputs={it.index: it.output} if it.output else {},
+            index=it.index, count=1, start=start, marks=[start], end=start + (it.duration or 0.0),
+            worker=it.worker or 0, outputs={it.index: it.output} if it.output else {},
         )
         if it.status == FAILED:
             task.errors[it.index] = it.error if it.error is not None else RuntimeError("failed")

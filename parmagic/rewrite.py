@@ -238,6 +238,7 @@ class _EffectRecorder:
     def __init__(self, by_position: dict, replays: list[ast.stmt]):
         self.by_position = by_position
         self.replays = replays
+        self.single = len(replays) == 1
 
     def visit_block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
         out = []
@@ -258,7 +259,8 @@ class _EffectRecorder:
         return out
 
     def record(self, stmt: ast.stmt, eid: int) -> ast.stmt:
-        """``__pm_rec((eid, (values...)))`` in the worker; the replay for the kernel."""
+        """``__pm_rec((eid, (values...)))`` in the worker (bare values if it is the only
+        effect of the loop); the replay statement for the kernel."""
         replay = copy.deepcopy(stmt)
         worker_values = []
         for i, node in enumerate(effect_value_nodes(replay)):
@@ -266,7 +268,8 @@ class _EffectRecorder:
             _replace(replay, node, _placeholder(i, node))
         self.replays[eid] = replay
         values = ast.Tuple(worker_values, ast.Load())
-        rec_arg = ast.Tuple([ast.Constant(eid), values], ast.Load())
+        # a loop with one effect site records bare values (less to pickle)
+        rec_arg = values if self.single else ast.Tuple([ast.Constant(eid), values], ast.Load())
         call = ast.Expr(ast.Call(ast.Name(RESERVED + "rec", ast.Load()), [rec_arg], []))
         return ast.copy_location(call, stmt)
 
