@@ -30,7 +30,12 @@ def main(path: str) -> int:
     """Run the notebook at ``path``; print every code cell's text output."""
     nb = nbformat.read(path, as_version=4)
     started = time.perf_counter()
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+    NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(Path(path).parent)}},
+    ).execute()
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue

@@ -34,7 +34,7 @@ from .errors import (
     UnsendableValueError,
     WorkerDiedError,
 )
-from .options import Options, OptionError, config, defaults, set_defaults
+from .options import OptionError, Options, config, defaults, set_defaults
 from .record import IterationRecord, RunRecord
 
 __version__ = "0.1.0"

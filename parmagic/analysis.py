@@ -129,7 +129,9 @@ def _aug_only(body: list[ast.stmt]) -> set[str]:
     plain = {
         n.id
         for n in _walk_scope(body)
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del) and id(n) not in aug_targets
+        if isinstance(n, ast.Name)
+        and isinstance(n.ctx, ast.Store | ast.Del)
+        and id(n) not in aug_targets
     }
     return set(aug_targets.values()) - plain
 
@@ -145,7 +147,9 @@ def all_reads(nodes: list[ast.AST]) -> set[str]:
 
 
 def analyse_loop(
-    loop: ast.For, module_names: frozenset[str] = frozenset(), hidden_roots: frozenset[str] = frozenset()
+    loop: ast.For,
+    module_names: frozenset[str] = frozenset(),
+    hidden_roots: frozenset[str] = frozenset(),
 ) -> LoopAnalysis:
     """Classify the body of ``loop`` and refuse what cannot run in parallel.
 
@@ -169,38 +173,77 @@ def analyse_loop(
 
 
 def _check_target(target: ast.AST) -> None:
-    if not all(isinstance(n, ast.Name | ast.Tuple | ast.List | ast.Starred | ast.expr_context) for n in ast.walk(target)):
+    if not all(
+        isinstance(n, ast.Name | ast.Tuple | ast.List | ast.Starred | ast.expr_context)
+        for n in ast.walk(target)
+    ):
         raise refuse(
-            target, None, "the loop target is not a name or a tuple of names",
+            target,
+            None,
+            "the loop target is not a name or a tuple of names",
             "loop over a plain name and assign the attribute or item in the body",
         )
 
 
 def _check_reserved(body: list[ast.stmt], hidden_roots: frozenset[str]) -> None:
     for node in ast.walk(ast.Module(body=body, type_ignores=[])):
-        if isinstance(node, ast.Name) and node.id.startswith(RESERVED) and node.id not in hidden_roots:
-            raise refuse(node, node.id, "names starting with __pm_ are reserved by parmagic", "rename it")
+        if (
+            isinstance(node, ast.Name)
+            and node.id.startswith(RESERVED)
+            and node.id not in hidden_roots
+        ):
+            raise refuse(
+                node, node.id, "names starting with __pm_ are reserved by parmagic", "rename it"
+            )
 
 
 def _check_forbidden_statements(body: list[ast.stmt]) -> None:
     for node in _walk_scope(body):
         if isinstance(node, ast.Return):
-            raise refuse(node, "return", "'return' leaves the loop early", "compute a flag and test it after the loop")
+            raise refuse(
+                node,
+                "return",
+                "'return' leaves the loop early",
+                "compute a flag and test it after the loop",
+            )
         if isinstance(node, ast.Global | ast.Nonlocal):
             kw = "global" if isinstance(node, ast.Global) else "nonlocal"
-            raise refuse(node, ", ".join(node.names), f"'{kw}' rebinds a kernel name from a worker",
-                         "collect values with results.append(...) and combine them after the loop")
+            raise refuse(
+                node,
+                ", ".join(node.names),
+                f"'{kw}' rebinds a kernel name from a worker",
+                "collect values with results.append(...) and combine them after the loop",
+            )
         if isinstance(node, ast.Yield | ast.YieldFrom):
-            raise refuse(node, "yield", "'yield' makes the cell a generator", "build a list instead")
+            raise refuse(
+                node, "yield", "'yield' makes the cell a generator", "build a list instead"
+            )
         if isinstance(node, ast.Await | ast.AsyncFor | ast.AsyncWith):
-            raise refuse(node, "await", "asynchronous code cannot run in a worker", "run this loop without %%parallel")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in DYNAMIC_SCOPE_CALLS:
-            raise refuse(node, node.func.id, f"{node.func.id}() sees a different scope in a worker",
-                         "name the variables explicitly")
+            raise refuse(
+                node,
+                "await",
+                "asynchronous code cannot run in a worker",
+                "run this loop without %%parallel",
+            )
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in DYNAMIC_SCOPE_CALLS
+        ):
+            raise refuse(
+                node,
+                node.func.id,
+                f"{node.func.id}() sees a different scope in a worker",
+                "name the variables explicitly",
+            )
     for node in _loop_level(body):
         if isinstance(node, ast.Break):
-            raise refuse(node, "break", "'break' makes later iterations depend on earlier ones",
-                         "filter the items before the loop, or run it without %%parallel")
+            raise refuse(
+                node,
+                "break",
+                "'break' makes later iterations depend on earlier ones",
+                "filter the items before the loop, or run it without %%parallel",
+            )
 
 
 def _loop_level(body: list[ast.stmt]):
@@ -214,7 +257,11 @@ def _loop_level(body: list[ast.stmt]):
             continue
         if isinstance(node, _SCOPES):
             continue
-        stack.extend(c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt | ast.excepthandler | ast.match_case))
+        stack.extend(
+            c
+            for c in ast.iter_child_nodes(node)
+            if isinstance(c, ast.stmt | ast.excepthandler | ast.match_case)
+        )
 
 
 def _statements(body: list[ast.stmt]):
@@ -224,7 +271,9 @@ def _statements(body: list[ast.stmt]):
             yield node
 
 
-def _find_effects(body: list[ast.stmt], local: set[str], module_names: frozenset[str]) -> list[EffectSite]:
+def _find_effects(
+    body: list[ast.stmt], local: set[str], module_names: frozenset[str]
+) -> list[EffectSite]:
     effects = []
     for stmt in _statements(body):
         root = _effect_root(stmt, local, module_names)
@@ -235,6 +284,7 @@ def _find_effects(body: list[ast.stmt], local: set[str], module_names: frozenset
 
 def _effect_root(stmt: ast.stmt, local: set[str], module_names: frozenset[str]) -> str | None:
     """The kernel name ``stmt`` changes, if it is an effect statement."""
+
     def kernel_root(node: ast.AST) -> str | None:
         root = effect_path_root(node)
         return root if root is not None and root not in local else None
@@ -251,12 +301,22 @@ def _effect_root(stmt: ast.stmt, local: set[str], module_names: frozenset[str]) 
     targets = _assign_targets(stmt)
     if targets is None:
         return None
-    roots = [kernel_root(t) if isinstance(t, ast.Attribute | ast.Subscript) else None for t in targets]
+    roots = [
+        kernel_root(t) if isinstance(t, ast.Attribute | ast.Subscript) else None for t in targets
+    ]
     if all(r is None for r in roots):
         return None
-    if any(r is None for r in roots) or any(r in module_names for r in roots) or len(set(roots)) > 1:
-        raise refuse(stmt, next((r for r in roots if r), None), "one statement assigns both to loop locals and to kernel objects",
-                     "split it into one assignment per target")
+    if (
+        any(r is None for r in roots)
+        or any(r in module_names for r in roots)
+        or len(set(roots)) > 1
+    ):
+        raise refuse(
+            stmt,
+            next((r for r in roots if r), None),
+            "one statement assigns both to loop locals and to kernel objects",
+            "split it into one assignment per target",
+        )
     return roots[0]
 
 
@@ -307,7 +367,8 @@ def _check_effect_roots_not_read(body: list[ast.stmt], effects: list[EffectSite]
     for node in ast.walk(ast.Module(body=body, type_ignores=[])):
         if isinstance(node, ast.Name) and node.id in roots and id(node) not in allowed:
             raise refuse(
-                node, node.id,
+                node,
+                node.id,
                 "the loop both changes and reads this kernel object, so each iteration would see "
                 "the workers' stale copy",
                 "read it after the loop, or run the loop without %%parallel",
@@ -344,14 +405,17 @@ def _check_mutators_in_expressions(
         if root is None or root in local or root in module_names:
             continue
         raise refuse(
-            node, root,
+            node,
+            root,
             f".{node.func.attr}() changes a kernel object inside an expression or a nested "
             "function, and the change would stay in the worker",
             f"call it as a statement of its own (e.g. {root}.{node.func.attr}(...)) or after the loop",
         )
 
 
-def _check_read_before_assignment(body: list[ast.stmt], local: set[str], loop_targets: set[str]) -> None:
+def _check_read_before_assignment(
+    body: list[ast.stmt], local: set[str], loop_targets: set[str]
+) -> None:
     _FlowChecker(local).block(body, set(loop_targets))
 
 
@@ -369,15 +433,23 @@ class _FlowChecker:
             defined = self.stmt(stmt, defined)
         return defined
 
-    def reads(self, node: ast.AST | None, defined: set[str], extra_bound: set[str] = frozenset()) -> set[str]:
+    def reads(
+        self, node: ast.AST | None, defined: set[str], extra_bound: set[str] = frozenset()
+    ) -> set[str]:
         """Check the reads of an expression evaluated now; return the names it binds (walrus)."""
         if node is None:
             return set()
         walrus = {n.target.id for n in ast.walk(node) if isinstance(n, ast.NamedExpr)}
         for name, at in _immediate_reads(node):
-            if name in self.local and name not in defined and name not in walrus and name not in extra_bound:
+            if (
+                name in self.local
+                and name not in defined
+                and name not in walrus
+                and name not in extra_bound
+            ):
                 raise refuse(
-                    at, name,
+                    at,
+                    name,
                     "it is read before this iteration assigns it, so it depends on the previous iteration",
                     "assign it at the start of the body, or run the loop without %%parallel",
                 )
@@ -419,7 +491,9 @@ class _FlowChecker:
         bound = self.reads(stmt.value, defined)
         target = stmt.target
         if isinstance(target, ast.Name):
-            self.reads(ast.Name(id=target.id, ctx=ast.Load(), lineno=target.lineno, col_offset=0), defined)
+            self.reads(
+                ast.Name(id=target.id, ctx=ast.Load(), lineno=target.lineno, col_offset=0), defined
+            )
             return defined | bound
         self._store_target_reads(target, defined | bound)
         return defined | bound
@@ -427,7 +501,9 @@ class _FlowChecker:
     def _Delete(self, stmt: ast.Delete, defined: set[str]) -> set[str]:
         for t in stmt.targets:
             if isinstance(t, ast.Name):
-                self.reads(ast.Name(id=t.id, ctx=ast.Load(), lineno=t.lineno, col_offset=0), defined)
+                self.reads(
+                    ast.Name(id=t.id, ctx=ast.Load(), lineno=t.lineno, col_offset=0), defined
+                )
             else:
                 self._store_target_reads(t, defined)
         return defined - {t.id for t in stmt.targets if isinstance(t, ast.Name)}
@@ -506,13 +582,22 @@ class _FlowChecker:
         merged: set[str] | None = None
         first = True
         for case in stmt.cases:
-            bound = {n.name for n in ast.walk(case.pattern) if isinstance(n, ast.MatchAs | ast.MatchStar) and n.name}
+            bound = {
+                n.name
+                for n in ast.walk(case.pattern)
+                if isinstance(n, ast.MatchAs | ast.MatchStar) and n.name
+            }
             self.reads(case.guard, defined | bound)
             out = self.block(case.body, defined | bound)
             merged = out if first else _meet(merged, out)
             first = False
         last = stmt.cases[-1] if stmt.cases else None
-        irrefutable = last is not None and last.guard is None and isinstance(last.pattern, ast.MatchAs) and last.pattern.pattern is None
+        irrefutable = (
+            last is not None
+            and last.guard is None
+            and isinstance(last.pattern, ast.MatchAs)
+            and last.pattern.pattern is None
+        )
         return merged if irrefutable else _meet(merged, defined)
 
 
@@ -539,9 +624,15 @@ def _immediate_reads(node: ast.AST):
             for g in current.generators:
                 stack.append((g.iter, hidden if g is current.generators[0] else inner))
                 stack.extend((c, inner) for c in g.ifs)
-            elts = [current.key, current.value] if isinstance(current, ast.DictComp) else [current.elt]
+            elts = (
+                [current.key, current.value] if isinstance(current, ast.DictComp) else [current.elt]
+            )
             stack.extend((e, inner) for e in elts)
             continue
-        if isinstance(current, ast.Name) and isinstance(current.ctx, ast.Load) and current.id not in hidden:
+        if (
+            isinstance(current, ast.Name)
+            and isinstance(current.ctx, ast.Load)
+            and current.id not in hidden
+        ):
             yield current.id, current
         stack.extend((c, hidden) for c in ast.iter_child_nodes(current))

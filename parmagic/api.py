@@ -58,7 +58,9 @@ def run_cell(
         from .compare import run_plan_compared
 
         return run_plan_compared(plan, namespace, opts, listener_factory, filename, full_source)
-    return engine.run_plan(plan, namespace, opts, pool.get_backend, listener_factory, filename, full_source)
+    return engine.run_plan(
+        plan, namespace, opts, pool.get_backend, listener_factory, filename, full_source
+    )
 
 
 def module_names(namespace: dict[str, Any]) -> frozenset[str]:
@@ -85,7 +87,9 @@ def pmap(func: Any, *iterables: Any, **options: Any) -> list:
         source = "[func(*item) for item in items]"
     plan = plan_cell(source, "<pmap>")
     plan.loops[0].source_line = f"pmap({getattr(func, '__name__', 'func')})"
-    return engine.run_plan(plan, namespace, opts, pool.get_backend, listener_factory, "<pmap>", source)
+    return engine.run_plan(
+        plan, namespace, opts, pool.get_backend, listener_factory, "<pmap>", source
+    )
 
 
 class _Zipped:
@@ -95,7 +99,7 @@ class _Zipped:
         self.iterables = iterables
 
     def __iter__(self) -> Any:
-        return zip(*self.iterables)
+        return zip(*self.iterables, strict=False)
 
     def __len__(self) -> int:
         return min(len(it) for it in self.iterables)

@@ -16,8 +16,12 @@ from .rewrite import CellPlan, KernelStep
 
 
 def run_plan_compared(
-    plan: CellPlan, namespace: dict[str, Any], options: Options, listener_factory: Any,
-    filename: str, source: str,
+    plan: CellPlan,
+    namespace: dict[str, Any],
+    options: Options,
+    listener_factory: Any,
+    filename: str,
+    source: str,
 ) -> Any:
     """Run the plan like ``engine.run_plan``; before each loop, its timing runs."""
     __tracebackhide__ = True
@@ -28,7 +32,9 @@ def run_plan_compared(
             exec(step.code, namespace)
             continue
         timings = _timing_runs(step, namespace, options, filename, source)
-        value = engine.run_loop(step, namespace, options, pool.get_backend, listener_factory, filename, source)
+        value = engine.run_loop(
+            step, namespace, options, pool.get_backend, listener_factory, filename, source
+        )
         _show(timings, engine.last_run(), options)
     if plan.last_expr is not None:
         value = eval(plan.last_expr, namespace)
@@ -40,12 +46,16 @@ def _timing_runs(step: Any, namespace: dict, options: Options, filename: str, so
     if options.compare:
         serial = options.with_changes(backend="serial")
         t0 = time.perf_counter()
-        record = engine.run_loop(step, namespace, serial, pool.get_backend, None, filename, source, dry=True)
+        record = engine.run_loop(
+            step, namespace, serial, pool.get_backend, None, filename, source, dry=True
+        )
         timings["serial"] = (time.perf_counter() - t0, record)
     for n in options.sweep:
         sweep_opts = options.with_changes(n_jobs=n, compare=False, sweep=())
         t0 = time.perf_counter()
-        engine.run_loop(step, namespace, sweep_opts, pool.get_backend, None, filename, source, dry=True)
+        engine.run_loop(
+            step, namespace, sweep_opts, pool.get_backend, None, filename, source, dry=True
+        )
         timings.setdefault("sweep", []).append((n, time.perf_counter() - t0))
     return timings
 
@@ -56,7 +66,10 @@ def _show(timings: dict, parallel: Any, options: Options) -> None:
     shown = []
     if "serial" in timings:
         seconds, record = timings["serial"]
-        estimated = options.compare_sample is not None and parallel.total not in (None, record.total)
+        estimated = options.compare_sample is not None and parallel.total not in (
+            None,
+            record.total,
+        )
         if estimated and record.total:
             seconds = seconds / record.total * (parallel.total or record.total)
         shown.append(Comparison(seconds, parallel, estimated))
@@ -77,4 +90,3 @@ def _display(obj: Any) -> None:
         print(obj)
     else:
         display(obj)
-

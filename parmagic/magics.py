@@ -23,17 +23,40 @@ def _shared_options(func: Any) -> Any:
     """The options of ``%%parallel``, ``%pmap`` and ``%parmagic config``, declared once."""
     decorators = [
         argument("-h", "--help", action="store_true", help="show this help and do nothing"),
-        argument("--sweep", help="also time the loop at each worker count, e.g. 1,2,4, and plot the speedup"),
-        argument("--compare-sample", type=int, help="with --compare: time only this many iterations serially and extrapolate"),
-        argument("--compare", action="store_true", default=None, help="also time the loop serially and show both"),
+        argument(
+            "--sweep",
+            help="also time the loop at each worker count, e.g. 1,2,4, and plot the speedup",
+        ),
+        argument(
+            "--compare-sample",
+            type=int,
+            help="with --compare: time only this many iterations serially and extrapolate",
+        ),
+        argument(
+            "--compare",
+            action="store_true",
+            default=None,
+            help="also time the loop serially and show both",
+        ),
         argument("--no-progress", action="store_true", default=None, help="no live progress bar"),
         argument("--chunksize", help="iterations per task: a positive integer or 'auto' (default)"),
-        argument("--on-error", help="raise (default): stop at the first failing iteration; collect: run all, then raise one error listing the failures"),
+        argument(
+            "--on-error",
+            help="raise (default): stop at the first failing iteration; collect: run all, then raise one error listing the failures",
+        ),
         argument("--timeout", type=float, help="seconds an iteration may run before it fails"),
-        argument("--scheduler", help="dask scheduler address, e.g. tcp://127.0.0.1:8786 (with --backend dask)"),
+        argument(
+            "--scheduler",
+            help="dask scheduler address, e.g. tcp://127.0.0.1:8786 (with --backend dask)",
+        ),
         argument("--prefer", help="joblib alias: threads or processes"),
         argument("--backend", help="loky (default), threads, multiprocessing, serial or dask"),
-        argument("-n", "--n-jobs", type=int, help="workers: -1 all cores (default), -2 all but one, 1 runs in the kernel"),
+        argument(
+            "-n",
+            "--n-jobs",
+            type=int,
+            help="workers: -1 all cores (default), -2 all but one, 1 runs in the kernel",
+        ),
     ]
     for decorate in decorators:
         func = decorate(func)
@@ -72,13 +95,23 @@ def _chunksize(value: str | None) -> int | str | None:
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"--chunksize must be a positive integer or 'auto', not {value!r}") from None
+        raise UsageError(
+            f"--chunksize must be a positive integer or 'auto', not {value!r}"
+        ) from None
 
 
 #: Options of %pmap that take a value (the rest are flags); the expression follows them.
 _VALUE_OPTIONS = {
-    "-n", "--n-jobs", "--backend", "--prefer", "--scheduler", "--timeout",
-    "--on-error", "--chunksize", "--sweep", "--compare-sample",
+    "-n",
+    "--n-jobs",
+    "--backend",
+    "--prefer",
+    "--scheduler",
+    "--timeout",
+    "--on-error",
+    "--chunksize",
+    "--sweep",
+    "--compare-sample",
 }
 
 
@@ -121,7 +154,12 @@ class ParallelMagics(Magics):
         source = self.shell.transform_cell(cell)
         filename = self.shell.compile.cache(full, self.shell.execution_count)
         return api.run_cell(
-            source, self.shell.user_ns, filename=filename, line_offset=1, display_source=full, **options
+            source,
+            self.shell.user_ns,
+            filename=filename,
+            line_offset=1,
+            display_source=full,
+            **options,
         )
 
     @magic_arguments()

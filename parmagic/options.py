@@ -58,7 +58,12 @@ def cpu_count() -> int:
 
         return max(1, loky_cpu_count())
     except Exception:  # loky missing or confused: fall back to the OS count
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return max(
+            1,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1,
+        )
 
 
 def resolve_n_jobs(n_jobs: int) -> int:

@@ -54,7 +54,7 @@ class TaskRecord:
     def durations(self) -> list[float]:
         """Seconds each iteration took."""
         ends = self.marks[1:] + [self.end]
-        return [max(0.0, e - m) for m, e in zip(self.marks, ends)]
+        return [max(0.0, e - m) for m, e in zip(self.marks, ends, strict=False)]
 
     @property
     def status(self) -> str:
@@ -68,10 +68,18 @@ class TaskRecord:
             k = self.index + offset
             d = durations[offset] if offset < len(durations) else 0.0
             err = self.errors.get(k)
-            out.append(IterationRecord(
-                index=k, status=FAILED if err is not None else DONE, start=t, duration=d,
-                worker=self.worker, output=self.outputs.get(k, ""), error=err, item=self.items.get(k),
-            ))
+            out.append(
+                IterationRecord(
+                    index=k,
+                    status=FAILED if err is not None else DONE,
+                    start=t,
+                    duration=d,
+                    worker=self.worker,
+                    output=self.outputs.get(k, ""),
+                    error=err,
+                    item=self.items.get(k),
+                )
+            )
             t += d
         return out
 
@@ -109,8 +117,13 @@ class RunRecord:
         """Count one iteration as a batch of its own (for records built by hand)."""
         start = it.start if it.start is not None else self.started
         task = TaskRecord(
-            index=it.index, count=1, start=start, marks=[start], end=start + (it.duration or 0.0),
-            worker=it.worker or 0, outputs={it.index: it.output} if it.output else {},
+            index=it.index,
+            count=1,
+            start=start,
+            marks=[start],
+            end=start + (it.duration or 0.0),
+            worker=it.worker or 0,
+            outputs={it.index: it.output} if it.output else {},
         )
         if it.status == FAILED:
             task.errors[it.index] = it.error if it.error is not None else RuntimeError("failed")
@@ -129,7 +142,13 @@ class RunRecord:
     @property
     def failures(self) -> list[IterationRecord]:
         """The failed iterations, in order."""
-        return [it for task in self.tasks if task.errors for it in task.iteration_records() if it.status == FAILED]
+        return [
+            it
+            for task in self.tasks
+            if task.errors
+            for it in task.iteration_records()
+            if it.status == FAILED
+        ]
 
     @property
     def wall(self) -> float:

@@ -63,7 +63,10 @@ class CellPlan:
 
 
 def plan_cell(
-    source: str, filename: str = "<cell>", line_offset: int = 0, module_names: frozenset[str] = frozenset()
+    source: str,
+    filename: str = "<cell>",
+    line_offset: int = 0,
+    module_names: frozenset[str] = frozenset(),
 ) -> CellPlan:
     """Analyse and rewrite a whole cell; raises RefusedLoopError before anything runs."""
     tree = ast.parse(source, filename)
@@ -157,8 +160,13 @@ def comprehension_to_loop(comp: ast.ListComp | ast.SetComp | ast.DictComp) -> as
         if isinstance(node, ast.NamedExpr):
             from .analysis import refuse
 
-            raise refuse(node, node.target.id, "an assignment expression (:=) in a parallel "
-                         "comprehension would bind a kernel name from a worker", "write the loop as a for loop")
+            raise refuse(
+                node,
+                node.target.id,
+                "an assignment expression (:=) in a parallel "
+                "comprehension would bind a kernel name from a worker",
+                "write the loop as a for loop",
+            )
     acc = ast.Name(ACC, ast.Load())
     if isinstance(comp, ast.DictComp):
         sub = ast.Subscript(value=acc, slice=comp.key, ctx=ast.Store())
@@ -176,8 +184,12 @@ def comprehension_to_loop(comp: ast.ListComp | ast.SetComp | ast.DictComp) -> as
     if first.is_async:
         from .analysis import refuse
 
-        raise refuse(comp, "async for", "asynchronous comprehensions cannot run in a worker",
-                     "run this cell without %%parallel")
+        raise refuse(
+            comp,
+            "async for",
+            "asynchronous comprehensions cannot run in a worker",
+            "run this cell without %%parallel",
+        )
     loop = ast.For(first.target, first.iter, _guarded(first.ifs, body, comp), [])
     return ast.fix_missing_locations(ast.copy_location(loop, comp))
 
@@ -188,14 +200,20 @@ def _guarded(ifs: list[ast.expr], body: list[ast.stmt], where: ast.AST) -> list[
     return body
 
 
-def _step(kind: str, loop: ast.For, analysis: LoopAnalysis, filename: str, lines: list[str], **extra) -> LoopStep:
+def _step(
+    kind: str, loop: ast.For, analysis: LoopAnalysis, filename: str, lines: list[str], **extra
+) -> LoopStep:
     iterable = compile(ast.Expression(loop.iter), filename, "eval")
     batch_code, replays = build_batch_function(loop, analysis, filename)
     source_line = lines[loop.lineno - 1].strip() if 0 < loop.lineno <= len(lines) else ""
-    return LoopStep(kind, loop.lineno, source_line, iterable, batch_code, replays, analysis, **extra)
+    return LoopStep(
+        kind, loop.lineno, source_line, iterable, batch_code, replays, analysis, **extra
+    )
 
 
-def build_batch_function(loop: ast.For, analysis: LoopAnalysis, filename: str) -> tuple[CodeType, list[ast.stmt]]:
+def build_batch_function(
+    loop: ast.For, analysis: LoopAnalysis, filename: str
+) -> tuple[CodeType, list[ast.stmt]]:
     """The worker's ``__pm_batch(items, rec, mark)`` and the kernel's replay statements.
 
     In the worker, each effect statement becomes ``rec((k, effect id, values))``;
@@ -211,8 +229,11 @@ def build_batch_function(loop: ast.For, analysis: LoopAnalysis, filename: str) -
     inner = ast.For(target, ast.Name(RESERVED + "items", ast.Load()), [mark, *body], [])
     ret = ast.Return(ast.Call(ast.Name("locals", ast.Load()), [], []))
     args = ast.arguments(
-        posonlyargs=[], args=[ast.arg(RESERVED + n) for n in ("items", "rec", "mark")],
-        kwonlyargs=[], kw_defaults=[], defaults=[],
+        posonlyargs=[],
+        args=[ast.arg(RESERVED + n) for n in ("items", "rec", "mark")],
+        kwonlyargs=[],
+        kw_defaults=[],
+        defaults=[],
     )
     func = _funcdef(RESERVED + "batch", args, [inner, ret])
     for node in (func, inner, mark, ret):
@@ -277,7 +298,10 @@ class _EffectRecorder:
 def _as_value(node: ast.expr) -> ast.expr:
     """A worker-side expression for ``node``: slices become slice objects, *args a tuple."""
     if isinstance(node, ast.Slice):
-        parts = [_as_value(p) if p is not None else ast.Constant(None) for p in (node.lower, node.upper, node.step)]
+        parts = [
+            _as_value(p) if p is not None else ast.Constant(None)
+            for p in (node.lower, node.upper, node.step)
+        ]
         return ast.copy_location(ast.Call(ast.Name(SLICE, ast.Load()), parts, []), node)
     if isinstance(node, ast.Tuple):
         return ast.copy_location(ast.Tuple([_as_value(e) for e in node.elts], ast.Load()), node)
@@ -315,15 +339,19 @@ def replay_module(replays: list[ast.stmt], filename: str) -> CodeType:
     """
     makers = []
     for eid, stmt in enumerate(replays):
-        rebinds = sorted(
-            {t.id for t in _rebound(stmt)} - {ACC}
-        )
+        rebinds = sorted({t.id for t in _rebound(stmt)} - {ACC})
         body: list[ast.stmt] = [ast.Global(rebinds)] if rebinds else []
         body.append(stmt)
-        args = ast.arguments(posonlyargs=[], args=[ast.arg(VALUES)], kwonlyargs=[], kw_defaults=[], defaults=[])
+        args = ast.arguments(
+            posonlyargs=[], args=[ast.arg(VALUES)], kwonlyargs=[], kw_defaults=[], defaults=[]
+        )
         makers.append(_funcdef(f"{RESERVED}r{eid}", args, body))
-    ret = ast.Return(ast.List([ast.Name(f"{RESERVED}r{i}", ast.Load()) for i in range(len(replays))], ast.Load()))
-    outer_args = ast.arguments(posonlyargs=[], args=[ast.arg(ACC)], kwonlyargs=[], kw_defaults=[], defaults=[])
+    ret = ast.Return(
+        ast.List([ast.Name(f"{RESERVED}r{i}", ast.Load()) for i in range(len(replays))], ast.Load())
+    )
+    outer_args = ast.arguments(
+        posonlyargs=[], args=[ast.arg(ACC)], kwonlyargs=[], kw_defaults=[], defaults=[]
+    )
     outer = _funcdef(RESERVED + "make", outer_args, [*makers, ret])
     where = replays[0] if replays else None
     module = ast.Module([outer], [])
@@ -336,7 +364,9 @@ def replay_module(replays: list[ast.stmt], filename: str) -> CodeType:
 
 def _funcdef(name: str, args: ast.arguments, body: list[ast.stmt]) -> ast.FunctionDef:
     extra = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}
-    return ast.FunctionDef(name=name, args=args, body=body, decorator_list=[], returns=None, **extra)
+    return ast.FunctionDef(
+        name=name, args=args, body=body, decorator_list=[], returns=None, **extra
+    )
 
 
 def _rebound(stmt: ast.stmt) -> list[ast.Name]:

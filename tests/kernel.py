@@ -24,12 +24,17 @@ class Execution:
 
     def stream(self, name: str = "stdout") -> str:
         return "".join(
-            m["content"]["text"] for _, m in self.messages
+            m["content"]["text"]
+            for _, m in self.messages
             if m["msg_type"] == "stream" and m["content"]["name"] == name
         )
 
     def results(self) -> list[dict]:
-        return [m["content"]["data"] for _, m in self.messages if m["msg_type"] in ("execute_result", "display_data")]
+        return [
+            m["content"]["data"]
+            for _, m in self.messages
+            if m["msg_type"] in ("execute_result", "display_data")
+        ]
 
     def error(self) -> dict | None:
         errors = [m["content"] for _, m in self.messages if m["msg_type"] == "error"]

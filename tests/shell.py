@@ -25,7 +25,10 @@ def normalise(value: Any, depth: int = 0) -> Any:
     if depth > 6:
         return repr(value)
     if isinstance(value, dict):
-        return ("dict", [(normalise(k, depth + 1), normalise(v, depth + 1)) for k, v in value.items()])
+        return (
+            "dict",
+            [(normalise(k, depth + 1), normalise(v, depth + 1)) for k, v in value.items()],
+        )
     if isinstance(value, list | tuple):
         return (type(value).__name__, [normalise(v, depth + 1) for v in value])
     if isinstance(value, set | frozenset):
@@ -43,7 +46,9 @@ def snapshot(ns: dict[str, Any]) -> dict[str, Any]:
     for name, value in ns.items():
         if name.startswith("_") or name in _SKIP:
             continue
-        if isinstance(value, types.ModuleType | types.FunctionType | type | types.BuiltinFunctionType):
+        if isinstance(
+            value, types.ModuleType | types.FunctionType | type | types.BuiltinFunctionType
+        ):
             continue
         out[name] = normalise(value)
     return out

@@ -16,26 +16,31 @@ def loop_of(src: str) -> ast.For:
 
 
 def test_spec_worked_example_is_classified_as_the_spec_says() -> None:
-    a = analyse_loop(loop_of(
-        "for i in range(10):\n    v = slow_power(i, 5)\n    if v % 2:\n        print('odd', i)\n"
-        "    results.append(v)\n    total += v\n"
-    ))
+    a = analyse_loop(
+        loop_of(
+            "for i in range(10):\n    v = slow_power(i, 5)\n    if v % 2:\n        print('odd', i)\n"
+            "    results.append(v)\n    total += v\n"
+        )
+    )
     assert a.locals == {"i", "v"}
     assert {"slow_power", "results", "total"} <= a.captured
     assert [e.root for e in a.effects] == ["results", "total"]
 
 
-@pytest.mark.parametrize("stmt,root", [
-    ("acc.append(x)", "acc"),
-    ("acc.extend([x])", "acc"),
-    ("d[x] = x", "d"),
-    ("obj.attr = x", "obj"),
-    ("d[x % 2].append(x)", "d"),
-    ("total += x", "total"),
-    ("d['k'] += x", "d"),
-    ("del d[x]", "d"),
-    ("obj.inner.items[x] = 1", "obj"),
-])
+@pytest.mark.parametrize(
+    "stmt,root",
+    [
+        ("acc.append(x)", "acc"),
+        ("acc.extend([x])", "acc"),
+        ("d[x] = x", "d"),
+        ("obj.attr = x", "obj"),
+        ("d[x % 2].append(x)", "d"),
+        ("total += x", "total"),
+        ("d['k'] += x", "d"),
+        ("del d[x]", "d"),
+        ("obj.inner.items[x] = 1", "obj"),
+    ],
+)
 def test_effect_statements(stmt: str, root: str) -> None:
     a = analyse_loop(loop_of(f"for x in xs:\n    {stmt}\n"))
     assert [e.root for e in a.effects] == [root]
@@ -48,7 +53,9 @@ def test_calls_on_modules_run_in_the_worker() -> None:
 
 
 def test_local_objects_are_not_effects() -> None:
-    a = analyse_loop(loop_of("for x in xs:\n    row = []\n    row.append(x)\n    out.append(row)\n"))
+    a = analyse_loop(
+        loop_of("for x in xs:\n    row = []\n    row.append(x)\n    out.append(row)\n")
+    )
     assert [e.root for e in a.effects] == ["out"]
 
 
@@ -59,26 +66,75 @@ REFUSALS = [
     ("await", "for x in xs:\n    await f(x)\n", 2, "await", "asynchronous"),
     ("global", "for x in xs:\n    global g\n    g = x\n", 2, "g", "'global'"),
     ("nonlocal", "for x in xs:\n    nonlocal g\n", 2, "g", "'nonlocal'"),
-    ("read_before_assign", "for x in xs:\n    s = s + x\n", 2, "s", "read before this iteration assigns it"),
-    ("conditional_assign_then_read", "for x in xs:\n    if x:\n        y = x\n    out.append(y)\n", 4, "y",
-     "depends on the previous iteration"),
+    (
+        "read_before_assign",
+        "for x in xs:\n    s = s + x\n",
+        2,
+        "s",
+        "read before this iteration assigns it",
+    ),
+    (
+        "conditional_assign_then_read",
+        "for x in xs:\n    if x:\n        y = x\n    out.append(y)\n",
+        4,
+        "y",
+        "depends on the previous iteration",
+    ),
     ("aug_on_unassigned_local", "for x in xs:\n    n += 1\n    n = 0\n", 2, "n", "read before"),
-    ("changed_and_read", "for x in xs:\n    if x not in seen:\n        seen.add(x)\n", 2, "seen",
-     "both changes and reads"),
-    ("aug_then_read", "for x in xs:\n    total += x\n    print(total)\n", 3, "total", "both changes and reads"),
-    ("mutator_in_expression", "for x in xs:\n    y = acc.pop()\n", 2, "acc", ".pop() changes a kernel object"),
-    ("mutator_through_call", "for x in xs:\n    y = d.get(x).append(1)\n", 2, "d", ".append() changes"),
-    ("mutator_in_nested_function", "for x in xs:\n    def g():\n        acc.append(x)\n    g()\n", 3, "acc",
-     ".append() changes"),
+    (
+        "changed_and_read",
+        "for x in xs:\n    if x not in seen:\n        seen.add(x)\n",
+        2,
+        "seen",
+        "both changes and reads",
+    ),
+    (
+        "aug_then_read",
+        "for x in xs:\n    total += x\n    print(total)\n",
+        3,
+        "total",
+        "both changes and reads",
+    ),
+    (
+        "mutator_in_expression",
+        "for x in xs:\n    y = acc.pop()\n",
+        2,
+        "acc",
+        ".pop() changes a kernel object",
+    ),
+    (
+        "mutator_through_call",
+        "for x in xs:\n    y = d.get(x).append(1)\n",
+        2,
+        "d",
+        ".append() changes",
+    ),
+    (
+        "mutator_in_nested_function",
+        "for x in xs:\n    def g():\n        acc.append(x)\n    g()\n",
+        3,
+        "acc",
+        ".append() changes",
+    ),
     ("dynamic_scope", "for x in xs:\n    print(locals())\n", 2, "locals", "different scope"),
     ("reserved_name", "for x in xs:\n    __pm_k = 1\n", 2, "__pm_k", "reserved"),
     ("attribute_loop_target", "for obj.x in xs:\n    pass\n", 1, None, "loop target"),
-    ("mixed_targets", "for x in xs:\n    y = d[x] = 1\n", 2, "d", "both to loop locals and to kernel objects"),
+    (
+        "mixed_targets",
+        "for x in xs:\n    y = d[x] = 1\n",
+        2,
+        "d",
+        "both to loop locals and to kernel objects",
+    ),
 ]
 
 
-@pytest.mark.parametrize("src,line,name,reason", [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
-def test_refusal_names_line_name_reason_and_fix(src: str, line: int, name: str | None, reason: str) -> None:
+@pytest.mark.parametrize(
+    "src,line,name,reason", [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_refusal_names_line_name_reason_and_fix(
+    src: str, line: int, name: str | None, reason: str
+) -> None:
     with pytest.raises(RefusedLoopError) as info:
         analyse_loop(loop_of(src))
     err = info.value
@@ -92,19 +148,27 @@ def test_refusal_names_line_name_reason_and_fix(src: str, line: int, name: str |
 
 
 def test_continue_is_fine_and_inner_break_is_fine() -> None:
-    a = analyse_loop(loop_of(
-        "for x in xs:\n    if not x:\n        continue\n    for y in x:\n        if y:\n            break\n"
-        "    out.append(x)\n"
-    ))
+    a = analyse_loop(
+        loop_of(
+            "for x in xs:\n    if not x:\n        continue\n    for y in x:\n        if y:\n            break\n"
+            "    out.append(x)\n"
+        )
+    )
     assert [e.root for e in a.effects] == ["out"]
 
 
 def test_assigned_in_both_branches_is_fine() -> None:
-    analyse_loop(loop_of("for x in xs:\n    if x:\n        y = 1\n    else:\n        y = 2\n    out.append(y)\n"))
+    analyse_loop(
+        loop_of(
+            "for x in xs:\n    if x:\n        y = 1\n    else:\n        y = 2\n    out.append(y)\n"
+        )
+    )
 
 
 def test_nested_function_may_read_a_later_local() -> None:
-    analyse_loop(loop_of("for x in xs:\n    def g():\n        return y\n    y = x\n    out.append(g())\n"))
+    analyse_loop(
+        loop_of("for x in xs:\n    def g():\n        return y\n    y = x\n    out.append(g())\n")
+    )
 
 
 def test_plan_splits_kernel_statements_and_loops_in_order() -> None:

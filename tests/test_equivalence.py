@@ -17,7 +17,9 @@ def plain_and_parallel(name: str, cell: str, backend: str, capsys: pytest.Captur
     assert plain.success, f"{name}: the plain cell itself fails: {plain_err}"
     expected = snapshot(ip.user_ns), plain.result
     fresh(ip, SETUP, capsys)
-    par, par_out, par_err = run(ip, f"%%parallel -n 2 --no-progress --backend {backend}\n{cell}", capsys)
+    par, par_out, par_err = run(
+        ip, f"%%parallel -n 2 --no-progress --backend {backend}\n{cell}", capsys
+    )
     assert par.success, f"{name} on {backend} failed: {par.error_in_exec!r}\n{par_err}"
     got = snapshot(ip.user_ns), par.result
     return expected, got, (plain_out, plain_err), (par_out, par_err)
@@ -25,8 +27,12 @@ def plain_and_parallel(name: str, cell: str, backend: str, capsys: pytest.Captur
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,cell", CELLS, ids=[c[0] for c in CELLS])
-def test_same_namespace_and_output(name: str, cell: str, backend: str, capsys: pytest.CaptureFixture) -> None:
-    expected, got, (plain_out, plain_err), (par_out, par_err) = plain_and_parallel(name, cell, backend, capsys)
+def test_same_namespace_and_output(
+    name: str, cell: str, backend: str, capsys: pytest.CaptureFixture
+) -> None:
+    expected, got, (plain_out, plain_err), (par_out, par_err) = plain_and_parallel(
+        name, cell, backend, capsys
+    )
     assert got[0] == expected[0]
     assert got[1] == expected[1]
     assert par_out == plain_out
@@ -41,9 +47,17 @@ def test_at_least_25_distinct_cells() -> None:
 def test_redefinition_is_picked_up_by_next_cell(capsys: pytest.CaptureFixture) -> None:
     ip = shell()
     fresh(ip, "def f(x):\n    return x + 1\n", capsys)
-    run(ip, "%%parallel -n 2 --no-progress\nr1 = []\nfor i in range(4):\n    r1.append(f(i))\n", capsys)
+    run(
+        ip,
+        "%%parallel -n 2 --no-progress\nr1 = []\nfor i in range(4):\n    r1.append(f(i))\n",
+        capsys,
+    )
     run(ip, "def f(x):\n    return x * 100\n", capsys)
-    run(ip, "%%parallel -n 2 --no-progress\nr2 = []\nfor i in range(4):\n    r2.append(f(i))\n", capsys)
+    run(
+        ip,
+        "%%parallel -n 2 --no-progress\nr2 = []\nfor i in range(4):\n    r2.append(f(i))\n",
+        capsys,
+    )
     assert ip.user_ns["r1"] == [1, 2, 3, 4]
     assert ip.user_ns["r2"] == [0, 100, 200, 300]
 

@@ -11,11 +11,25 @@ from .kernel import execute, kernel, value
 
 pytestmark = pytest.mark.kernel
 
-KERNEL_CELLS = [c for c in CELLS if c[0] in {
-    "joblib_slow_power", "joblib_if_else", "spec_worked_example", "nested_path_append", "continue_and_last_local",
-    "print_order", "print_order_when_later_iterations_finish_first", "list_comprehension", "attribute_effects",
-    "last_expression_after_loop", "generator_iterable", "else_clause",
-}]
+KERNEL_CELLS = [
+    c
+    for c in CELLS
+    if c[0]
+    in {
+        "joblib_slow_power",
+        "joblib_if_else",
+        "spec_worked_example",
+        "nested_path_append",
+        "continue_and_last_local",
+        "print_order",
+        "print_order_when_later_iterations_finish_first",
+        "list_comprehension",
+        "attribute_effects",
+        "last_expression_after_loop",
+        "generator_iterable",
+        "else_clause",
+    }
+]
 
 SNAPSHOT = (
     "{k: repr(vars(v) if hasattr(v, '__dict__') else v) for k, v in globals().items() "
@@ -80,10 +94,15 @@ def test_seed_example_on_a_warm_pool_under_3_5_s(kc) -> None:
     """The joblib tutorial's 10 x 1 s loop at -n 4: ideal 3 s."""
     reset(kc)
     assert execute(kc, "def sleepy_power(x, p):\n    time.sleep(1)\n    return x ** p\n").ok
-    warm = execute(kc, "%%parallel -n 4 --no-progress\nw = []\nfor i in range(4):\n    w.append(i)\n")
+    warm = execute(
+        kc, "%%parallel -n 4 --no-progress\nw = []\nfor i in range(4):\n    w.append(i)\n"
+    )
     assert warm.ok, warm.error()
     t0 = time.monotonic()
-    ex = execute(kc, "%%parallel -n 4\nresults = []\nfor i in range(10):\n    results.append(sleepy_power(i, 5))\n")
+    ex = execute(
+        kc,
+        "%%parallel -n 4\nresults = []\nfor i in range(10):\n    results.append(sleepy_power(i, 5))\n",
+    )
     elapsed = time.monotonic() - t0
     assert ex.ok, ex.error()
     assert value(kc, "results") == [i**5 for i in range(10)]
@@ -93,7 +112,10 @@ def test_seed_example_on_a_warm_pool_under_3_5_s(kc) -> None:
 def test_refusal_in_kernel_is_one_clear_error_and_changes_nothing(kc) -> None:
     reset(kc)
     assert execute(kc, "seen = set()\nbefore = 1").ok
-    ex = execute(kc, "%%parallel\nbefore = 2\nfor x in range(5):\n    if x not in seen:\n        seen.add(x)\n")
+    ex = execute(
+        kc,
+        "%%parallel\nbefore = 2\nfor x in range(5):\n    if x not in seen:\n        seen.add(x)\n",
+    )
     assert not ex.ok
     err = ex.error()
     assert err["ename"] == "RefusedLoopError"

@@ -9,8 +9,9 @@ every task; workers load it once and cache it by key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from .._worker import Payload, PayloadRef
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from .._worker import InlineRef, Payload, PayloadRef
 from .base import Backend

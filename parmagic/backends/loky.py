@@ -1,12 +1,20 @@
-"""The default backend: loky's reusable process pool, kept for the life of the kernel."""
+"""The default backend: loky's reusable process pool, kept for the life of the kernel.
+
+Failure handling lives partly here: every worker runs ``_worker.init_process`` (it
+dies with the kernel, even a SIGKILLed one, and ignores SIGINT between batches);
+:func:`record_deaths` notes which workers died on their own when loky declares the
+pool broken; ``submit`` rebuilds a broken pool; payloads travel in anonymous memfds,
+so no file outlives a killed kernel.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
-from concurrent.futures import Future
-from typing import Any, Callable
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, Future
+from typing import Any
 
 from .. import _worker
 from .._worker import FileRef, Payload, PayloadRef
@@ -35,8 +43,32 @@ def dumps_with_buffers(obj: Any) -> tuple[bytes, list]:
     return main, buffers
 
 
+#: memfd path -> its descriptor, for payloads published by this kernel
+_memfds: dict[str, int] = {}
+
+
 def publish_to_file(payload: Payload) -> FileRef:
-    """Write the payload to a private file; name the culprit if a captured value can't travel."""
+    """Write the payload where only our workers read it; name the culprit if a value can't travel.
+
+    An anonymous memfd that workers open as ``/proc/<kernel pid>/fd/<n>``: nothing in
+    /dev/shm to leave behind if the kernel is killed. Elsewhere a private 0600 file.
+    """
+    proc = f"/proc/{os.getpid()}/fd"
+    if not (hasattr(os, "memfd_create") and os.path.isdir(proc)):
+        return _publish_to_named_file(payload)
+    fd = os.memfd_create("parmagic-payload")
+    path = f"{proc}/{fd}"
+    try:
+        with open(os.dup(fd), "wb") as f:
+            _worker.write_payload(f, payload, dumps_with_buffers)
+    except Exception as exc:
+        os.close(fd)
+        raise unsendable_error(payload.captured, exc) from None
+    _memfds[path] = fd
+    return FileRef(payload.key, path)
+
+
+def _publish_to_named_file(payload: Payload) -> FileRef:
     path = os.path.join(payload_dir(), f"parmagic-{os.getpid()}-{payload.key}.pkl")
     try:
         _worker.write_payload_file(path, payload, dumps_with_buffers)
@@ -65,7 +97,11 @@ def unsendable_error(captured: dict[str, Any], exc: Exception) -> UnsendableValu
 def unpublish_file(ref: PayloadRef) -> None:
     """Remove the payload file (workers that mapped it keep their view until the next run)."""
     if isinstance(ref, FileRef):
-        _remove(ref.path)
+        fd = _memfds.pop(ref.path, None)
+        if fd is not None:
+            os.close(fd)
+        else:
+            _remove(ref.path)
 
 
 def _remove(path: str) -> None:
@@ -80,6 +116,8 @@ class LokyBackend(Backend):
 
     name = "loky"
     needs_pickling = True
+    #: workers report into parmagic.watchdog's status board (timeouts, deaths, interrupts)
+    status_board = True
 
     def __init__(self, n_workers: int):
         super().__init__(n_workers)
@@ -94,16 +132,20 @@ class LokyBackend(Backend):
         unpublish_file(ref)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Submit to the loky pool."""
-        return self.executor.submit(fn, *args)
+        """Submit to the loky pool; a pool that a dead worker broke (or that was shut) is rebuilt."""
+        try:
+            return self.executor.submit(fn, *args)
+        except (BrokenExecutor, RuntimeError):
+            self.executor = get_executor(self.n_workers)
+            return self.executor.submit(fn, *args)
 
     def abort(self) -> None:
         """Kill the workers (tasks cannot be stopped otherwise); the next run gets a fresh pool."""
         kill_executor()
 
     def worker_pids(self) -> list[int]:
-        """PIDs of the live loky workers."""
-        return executor_pids()
+        """PIDs of this backend's loky workers (from any thread: loky's storage is per thread)."""
+        return sorted(list(self.executor._processes))
 
 
 def get_executor(n_workers: int) -> Any:
@@ -114,7 +156,39 @@ def get_executor(n_workers: int) -> Any:
     """
     from loky import get_reusable_executor
 
-    return get_reusable_executor(max_workers=n_workers, timeout=IDLE_TIMEOUT)
+    record_deaths()
+    return get_reusable_executor(
+        max_workers=n_workers, timeout=IDLE_TIMEOUT,
+        initializer=_worker.init_process, initargs=(os.getpid(),),
+    )
+
+
+def record_deaths() -> None:
+    """Teach loky to note, on the error it gives every lost future, which workers died first.
+
+    When a worker dies, loky's manager thread fails every pending future with one
+    ``TerminatedWorkerError`` and then kills the other workers. Just before that
+    kill, the workers that have an exit code are the ones that died on their own:
+    ``exc.parmagic_deaths`` maps their pids to exit codes (negative: the signal).
+    """
+    from loky import process_executor
+
+    manager = process_executor._ExecutorManagerThread
+    original = manager.terminate_broken
+    if getattr(original, "_parmagic", False):
+        return
+
+    def terminate_broken(self: Any, bpe: BaseException) -> None:
+        try:
+            bpe.parmagic_deaths = {  # type: ignore[attr-defined]
+                p.pid: p.exitcode for p in list(self.processes.values()) if p.exitcode is not None
+            }
+        except Exception:  # never let bookkeeping stop loky from cleaning up
+            pass
+        original(self, bpe)
+
+    terminate_broken._parmagic = True  # type: ignore[attr-defined]
+    manager.terminate_broken = terminate_broken
 
 
 def executor_pids() -> list[int]:
