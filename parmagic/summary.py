@@ -146,7 +146,11 @@ def _merge(segments: list[Segment], gap: float) -> list[Segment]:
         last = merged[-1] if merged else None
         if last and last.status == seg.status and seg.start - last.end < gap:
             merged[-1] = Segment(
-                last.start, max(last.end, seg.end), last.status, last.count + seg.count, last.first_index
+                last.start,
+                max(last.end, seg.end),
+                last.status,
+                last.count + seg.count,
+                last.first_index,
             )
         else:
             merged.append(seg)

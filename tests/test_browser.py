@@ -136,6 +136,7 @@ def stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
             kernel_ids = [k["id"] for k in json.load(r)]
     except OSError:
         kernel_ids = []
+    pids = kernel_pids(kernel_ids)
     os.kill(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
@@ -149,12 +150,33 @@ def stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"kernel processes survived the server: {left}"
+    wait_for_scratch_of(pids)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, playwright_api):
-    """``jupyter lab`` serving the test notebook, with this checkout importable by kernels."""
-    tmp = tmp_path_factory.mktemp("lab")
+def wait_for_scratch_of(pids: list[int], timeout: float = 30) -> None:
+    """Wait until the dead kernels' pool semaphores are gone from /dev/shm.
+
+    A kernel that the server had to kill leaves them to loky's resource tracker,
+    which unlinks them when it sees its parent gone (conftest checks the rest).
+    """
+    if not os.path.isdir("/dev/shm"):
+        return
+    names = tuple(f"loky-{pid}-" for pid in pids)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(any(k in n for k in names) for n in os.listdir("/dev/shm")):
+            return
+        time.sleep(0.2)  # no event to await: the tracker unlinks on its own
+
+
+@pytest.fixture
+def lab(tmp_path, playwright_api):
+    """``jupyter lab`` serving the test notebook, with this checkout importable by kernels.
+
+    Function-scoped so that the server and its kernels (and their pools) are gone
+    before the leak check of ``conftest.no_leftovers`` looks.
+    """
+    tmp = tmp_path
     root = tmp / "root"
     root.mkdir()
     write_notebook(root)
@@ -282,7 +304,8 @@ def test_parallel_cell_shows_live_bar_then_summary(browser, lab):
     assert (widths[-1][0] - widths[0][0]) / 1000 > 1.0, widths  # spread over the run: live
 
     assert "24/24" in loop_cell.locator(".widget-hbox").inner_text()
-    assert summary.locator("svg rect").count() >= 24
+    assert summary.locator("svg text", has_text="pid ").count() == 2  # a timeline row per worker
+    assert summary.locator("svg rect").count() >= 2
     assert "speedup" in summary.inner_text()
     out_text = loop_cell.locator(".jp-OutputArea").inner_text()
     for fallback in ("[parmagic] for", "HBox(", "IntProgress(", "Loading widget"):

@@ -28,7 +28,9 @@ def two_worker_record(outcome: str = "success", failed: range = range(0)) -> Run
     for i in range(8):
         start = T0 + 0.1 + 0.5 * (i // 2)
         status, error = (FAILED, ZeroDivisionError("x")) if i in failed else (DONE, None)
-        record.add_iteration(IterationRecord(i, status, start, 0.5, worker=100 + i % 2, error=error))
+        record.add_iteration(
+            IterationRecord(i, status, start, 0.5, worker=100 + i % 2, error=error)
+        )
     record.ended, record.outcome = T0 + 2.2, outcome
     return record
 
