@@ -90,14 +90,15 @@ def failure_text(record: RunRecord) -> str:
 
 
 def iteration_counts(record: RunRecord) -> str:
-    """``7 done, 1 failed, 8 not run (of 16)``."""
+    """``7 done, 1 failed, 8 not run (of 16)``; without a total, ``the rest not run``."""
     parts = [f"{record.done} done", f"{record.failed} failed"]
-    cancelled = len(record.cancelled)
-    if record.total is not None:
-        cancelled = max(cancelled, record.total - record.done - record.failed)
-    if cancelled:
-        parts.append(f"{cancelled} not run")
-    return ", ".join(parts) + (f" (of {record.total})" if record.total is not None else "")
+    if record.total is None:
+        # record.cancelled holds dropped batches, not iterations: no count to give
+        return ", ".join(parts + (["the rest not run"] if record.cancelled else []))
+    not_run = record.total - record.done - record.failed
+    if not_run > 0:
+        parts.append(f"{not_run} not run")
+    return ", ".join(parts) + f" (of {record.total})"
 
 
 # --------------------------------------------------------------------------- timeline

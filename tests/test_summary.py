@@ -126,6 +126,14 @@ def test_not_run_iterations_are_counted():
     assert "8 done, 0 failed, 12 not run (of 20)" in Summary(record).text()
 
 
+def test_not_run_without_a_total():
+    record = two_worker_record("interrupted")
+    record.total = None
+    assert Summary(record).rows()[0] == ("iterations", "8 done, 0 failed")
+    record.cancelled.append(8)
+    assert Summary(record).rows()[0] == ("iterations", "8 done, 0 failed, the rest not run")
+
+
 def test_many_iterations_are_merged_into_few_rects():
     record = RunRecord("big", "loky", 2, 20_000, started=T0)
     for i in range(20_000):
