@@ -61,6 +61,7 @@ def _timing_runs(step: Any, namespace: dict, options: Options, filename: str, so
 
 
 def _show(timings: dict, parallel: Any, options: Options) -> None:
+    from .display import show
     from .summary import Comparison, Sweep
 
     shown = []
@@ -76,17 +77,4 @@ def _show(timings: dict, parallel: Any, options: Options) -> None:
     if "sweep" in timings:
         shown.append(Sweep(timings["sweep"]))
     for obj in shown:
-        _display(obj)
-
-
-def _display(obj: Any) -> None:
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:
-        print(obj)
-        return
-    if get_ipython() is None:
-        print(obj)
-    else:
-        display(obj)
+        show(obj)
