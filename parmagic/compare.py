@@ -75,6 +75,7 @@ def _show(timings: dict, parallel: Any, options: Options) -> None:
             seconds = seconds / record.total * (parallel.total or record.total)
         shown.append(Comparison(seconds, parallel, estimated))
     if "sweep" in timings:
-        shown.append(Sweep(timings["sweep"]))
+        serial = timings["serial"][0] if "serial" in timings else None
+        shown.append(Sweep(timings["sweep"], serial_seconds=serial, label=parallel.label))
     for obj in shown:
         show(obj)
