@@ -23,6 +23,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from .watchdog import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
+
 #: Prefix of every name the rewriter introduces; never shown to the user.
 RESERVED = "__pm_"
 
@@ -98,16 +100,25 @@ def write_payload_file(path: str, payload: Payload, dumps_with_buffers: Any) -> 
     ``dumps_with_buffers(obj) -> (bytes, [PickleBuffer])`` is cloudpickle with
     protocol 5, supplied by the kernel side so this module needs no cloudpickle.
     """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_payload(f, payload, dumps_with_buffers)
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
+def write_payload(f: Any, payload: Payload, dumps_with_buffers: Any) -> None:
+    """Write ``payload`` to the open binary file ``f`` in the layout ``FileRef.load`` reads."""
     main, buffers = dumps_with_buffers(payload)
     raws = [b.raw() for b in buffers]
     header = [len(raws).to_bytes(8, "little"), len(main).to_bytes(8, "little")]
     header += [r.nbytes.to_bytes(8, "little") for r in raws]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(b"".join(header))
-        f.write(main)
-        for r in raws:
-            f.write(r)
+    f.write(b"".join(header))
+    f.write(main)
+    for r in raws:
+        f.write(r)
 
 
 @dataclass
@@ -175,13 +186,23 @@ class _Capture(io.TextIOBase):
 class _BatchState:
     """Per-batch bookkeeping the compiled body calls into (``mark``, ``record``)."""
 
-    def __init__(self, result: BatchResult, timeout: float | None):
+    def __init__(
+        self,
+        result: BatchResult,
+        timeout: float | None,
+        slot: BoardSlot | None = None,
+        track: bool = False,
+        items: list | None = None,
+    ):
         self.result = result
         self.start = result.start
         self.timeout = timeout
         self.record = result.effects.append
+        self.slot = slot  # the batch's line on the kernel's status board
+        self.items = items
+        self.interrupted = False
         # the body calls mark(perf_counter()) per iteration: a bare list.append when it can
-        self.mark = self._mark_and_arm if timeout else result.marks.append
+        self.mark = self._mark_and_arm if timeout or track else result.marks.append
 
     @property
     def current(self) -> int:
@@ -190,7 +211,26 @@ class _BatchState:
 
     def _mark_and_arm(self, now: float) -> None:
         self.result.marks.append(now)
-        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        if self.slot is not None:
+            self.slot.write(self.start, self.current, RUNNING)
+        if self.timeout:
+            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+
+    def on_alarm(self, signum: int, frame: Any) -> None:
+        """SIGALRM: the running iteration is past --timeout."""
+        from .errors import IterationTimeoutError, _short_repr
+
+        k = self.current
+        item = f" (item={_short_repr(self.items[k - self.start])})" if self.items else ""
+        raise IterationTimeoutError(
+            f"iteration {k}{item} ran longer than --timeout {self.timeout:g} s"
+        )
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT (the stop button) stops the batch once; repeats while it winds up are ignored."""
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
 
     def close(self) -> None:
         """The running iteration ended (or failed): note the time, disarm the timeout."""
@@ -227,30 +267,44 @@ class RoutingStream:
         return getattr(self._original, name)
 
 
-def _raise_timeout(signum: int, frame: Any) -> None:
-    from .errors import IterationTimeoutError
+def run_batch(
+    ref: PayloadRef, start: int, items: list, slot: BoardSlot | None = None
+) -> BatchResult:
+    """Run the loop body for ``items`` (iterations ``start``, ``start+1``, ...).
 
-    raise IterationTimeoutError("iteration ran past its --timeout")
-
-
-def run_batch(ref: PayloadRef, start: int, items: list) -> BatchResult:
-    """Run the loop body for ``items`` (iterations ``start``, ``start+1``, ...)."""
+    With a status-board ``slot`` the worker says what it runs (per iteration when
+    the kernel needs to know exactly: ``--timeout``, or a batch whose worker died),
+    and a batch the kernel has given up on returns at once with ``ran == 0``.
+    """
+    if slot is not None:
+        if slot.cancelled():
+            return BatchResult(start=start, ran=0, pid=os.getpid())
+        slot.write(start, start, LOADING)
     payload, fn = _batch_function(ref)
     result = BatchResult(start=start, ran=0, pid=os.getpid())
-    state = _BatchState(result, _usable_timeout(payload.timeout))
+    track = slot is not None and (slot.tracked or bool(payload.timeout))
+    state = _BatchState(result, _usable_timeout(payload.timeout), slot, track, items)
+    if slot is not None and not track:
+        slot.write(start, start, RUNNING if len(items) == 1 else BATCH)
     old_out, old_err = sys.stdout, sys.stderr
     in_kernel = not payload.pickle_locals
     if in_kernel:
         _thread_capture.state = state
     else:
         sys.stdout, sys.stderr = _Capture(state, "stdout"), _Capture(state, "stderr")
-    old_alarm = signal.signal(signal.SIGALRM, _raise_timeout) if state.timeout else None
+    old_alarm = signal.signal(signal.SIGALRM, state.on_alarm) if state.timeout else None
+    main = threading.current_thread() is threading.main_thread()
+    old_int = signal.signal(signal.SIGINT, state.on_sigint) if main and not in_kernel else None
     try:
         _run_items(payload, fn, state, start, items)
     finally:
         if state.timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old_alarm)
+        if old_int is not None:
+            signal.signal(signal.SIGINT, old_int)
+        if slot is not None:
+            slot.write(start, state.current, FINISHED)
         if in_kernel:
             _thread_capture.state = None
         else:
@@ -327,3 +381,24 @@ def _pickle_locals(result: BatchResult) -> None:
 def warm_up() -> int:
     """A no-op task that makes a fresh worker import this module; returns its pid."""
     return os.getpid()
+
+
+def init_process(kernel_pid: int) -> None:
+    """Initializer of every pool worker: die with the kernel, leave SIGINT to the batch.
+
+    ``PR_SET_PDEATHSIG`` makes Linux SIGKILL the worker when the kernel dies, even by
+    SIGKILL (loky's workers would otherwise wait for tasks forever). SIGINT, which the
+    stop button sends to the kernel's whole process group, is ignored between batches:
+    only a running batch stops for it (``run_batch``), and an idle worker survives.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl: the pool still ends with a clean exit
+            return
+    if os.getppid() != kernel_pid:  # the kernel died before the line above took effect
+        os._exit(1)

@@ -28,6 +28,7 @@ from .listener import PlainListener, RunListener
 from .options import Options
 from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
+from .watchdog import Supervisor
 
 #: Aim each batch at this many seconds of work: long enough to hide per-task overhead
 #: (~0.1-0.3 ms on loky), short enough for live progress and an even finish.
@@ -38,6 +39,9 @@ IN_FLIGHT_PER_WORKER = 2
 MIN_BATCHES_PER_WORKER = 4
 #: How long the engine waits for a result before it refreshes progress anyway.
 POLL_SECONDS = 0.1
+#: Stop button: how long running batches get to hand back what they finished before
+#: their workers are killed.
+INTERRUPT_GRACE_SECONDS = 0.5
 
 _runs: list[RunRecord] = []
 _iterations_run = [0]
@@ -75,8 +79,13 @@ class LoopRun:
 
 
 def run_plan(
-    plan: CellPlan, namespace: dict[str, Any], options: Options, backend_factory: Any,
-    listener_factory: Any = None, filename: str = "<cell>", source: str = "",
+    plan: CellPlan,
+    namespace: dict[str, Any],
+    options: Options,
+    backend_factory: Any,
+    listener_factory: Any = None,
+    filename: str = "<cell>",
+    source: str = "",
 ) -> Any:
     """Run every step of ``plan`` against ``namespace``; return the last expression's value."""
     __tracebackhide__ = True
@@ -86,7 +95,9 @@ def run_plan(
         if isinstance(step, KernelStep):
             exec(step.code, namespace)
             continue
-        value = run_loop(step, namespace, options, backend_factory, listener_factory, filename, source)
+        value = run_loop(
+            step, namespace, options, backend_factory, listener_factory, filename, source
+        )
     if plan.last_expr is not None:
         value = eval(plan.last_expr, namespace)
     elif not (plan.steps and isinstance(plan.steps[-1], LoopStep) and plan.steps[-1].is_last_expr):
@@ -95,8 +106,14 @@ def run_plan(
 
 
 def run_loop(
-    step: LoopStep, namespace: dict[str, Any], options: Options, backend_factory: Any,
-    listener_factory: Any = None, filename: str = "<cell>", source: str = "", dry: bool = False,
+    step: LoopStep,
+    namespace: dict[str, Any],
+    options: Options,
+    backend_factory: Any,
+    listener_factory: Any = None,
+    filename: str = "<cell>",
+    source: str = "",
+    dry: bool = False,
 ) -> Any:
     """Run one parallel loop to the end, commit it, bind what plain Python would bind.
 
@@ -123,15 +140,17 @@ def run_loop(
     started = time.perf_counter()
     payload = _payload(step, namespace, options, backend, filename, source)
     ref = backend.publish(payload)
+    supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
     try:
         run.record.startup = time.perf_counter() - started
         listener.on_start(run.record)
         with _routed_output(backend.in_kernel):
-            _drive(run, iterable, ref, backend, options, listener)
+            _drive(run, iterable, ref, backend, options, listener, supervisor)
     except KeyboardInterrupt:
         _bind_locals(run, namespace)
         raise
     finally:
+        supervisor.close()
         backend.unpublish(ref)
         run.record.ended = time.time()
         _iterations_run[0] += run.record.done
@@ -157,7 +176,10 @@ def _routed_output(in_kernel: bool) -> Iterator[None]:
         yield
         return
     out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _worker.RoutingStream(out, "stdout"), _worker.RoutingStream(err, "stderr")
+    sys.stdout, sys.stderr = (
+        _worker.RoutingStream(out, "stdout"),
+        _worker.RoutingStream(err, "stderr"),
+    )
     try:
         yield
     finally:
@@ -175,7 +197,9 @@ def _new_accumulator(kind: str) -> Any:
     return {"list": list, "set": set, "dict": dict}.get(kind, lambda: None)()
 
 
-def _make_replays(step: LoopStep, namespace: dict, filename: str, accumulator: Any, dry: bool) -> list[Any]:
+def _make_replays(
+    step: LoopStep, namespace: dict, filename: str, accumulator: Any, dry: bool
+) -> list[Any]:
     if dry:
         return [lambda values: None] * len(step.replays)
     code = replay_module(step.replays, filename)
@@ -184,7 +208,9 @@ def _make_replays(step: LoopStep, namespace: dict, filename: str, accumulator: A
     return make(accumulator)
 
 
-def _payload(step: LoopStep, namespace: dict, options: Options, backend: Backend, filename: str, source: str) -> _worker.Payload:
+def _payload(
+    step: LoopStep, namespace: dict, options: Options, backend: Backend, filename: str, source: str
+) -> _worker.Payload:
     captured = {n: namespace[n] for n in step.analysis.captured if n in namespace}
     captured[SLICE] = slice
     return _worker.Payload(
@@ -226,56 +252,67 @@ class _Batcher:
         return max(1, size)
 
 
-def _drive(run: LoopRun, iterable: Any, ref: Any, backend: Backend, options: Options, listener: RunListener) -> None:
+def _drive(
+    run: LoopRun,
+    iterable: Any,
+    ref: Any,
+    backend: Backend,
+    options: Options,
+    listener: RunListener,
+    supervisor: Supervisor,
+) -> None:
     __tracebackhide__ = True
     items: Iterator = iter(iterable)
     batcher = _Batcher(run.record.total, backend.n_workers, options.chunksize)
     in_flight: dict[Future, tuple[int, list]] = {}
-    ready: dict[int, Any] = {}
+    ready: dict[int, tuple[_worker.BatchResult, list]] = {}
+    retry: list[tuple[int, list]] = []  # parts of batches lost with a dead worker: run again
     next_start, submitted, exhausted, stop = 0, 0, False, False
     max_in_flight = backend.n_workers * IN_FLIGHT_PER_WORKER
     try:
         while True:
-            while not exhausted and not stop and len(in_flight) < max_in_flight:
-                chunk = list(itertools.islice(items, batcher.next_size(submitted)))
-                if not chunk:
-                    exhausted = True
-                    break
-                future = backend.submit(_worker.run_batch, ref, submitted, chunk)
-                in_flight[future] = (submitted, chunk)
-                submitted += len(chunk)
+            while not stop and len(in_flight) < max_in_flight and (retry or not exhausted):
+                if retry:
+                    start, chunk = retry.pop(0)
+                else:
+                    chunk = list(itertools.islice(items, batcher.next_size(submitted)))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    start, submitted = submitted, submitted + len(chunk)
+                in_flight[supervisor.submit(_worker.run_batch, ref, start, chunk)] = (start, chunk)
             if not in_flight:
                 break
             done, _ = wait(list(in_flight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
             for future in done:
                 start, chunk = in_flight.pop(future)
-                ready[start] = (future, chunk)
+                for piece in supervisor.settle(future, start, chunk):
+                    if piece.result is None:
+                        retry.append((piece.start, piece.chunk))
+                    else:
+                        ready[piece.start] = (piece.result, piece.chunk)
+            retry.sort(key=lambda piece: piece[0])
             while next_start in ready and not stop:
-                future, chunk = ready.pop(next_start)
-                result = _batch_result(future, next_start, chunk)
+                result, chunk = ready[next_start]
+                if _stopped_by_sigint(result):
+                    raise KeyboardInterrupt  # a worker got the stop button first
+                del ready[next_start]
                 batcher.observe(result)
                 stop = _commit(run, result, chunk, listener)
                 next_start += len(chunk)
             if stop:
-                _cancel_rest(run, in_flight, ready)
+                _cancel_rest(run, in_flight, ready, retry)
                 in_flight.clear()
                 break
             listener.on_progress(run.record, min(len(in_flight), backend.n_workers))
     except KeyboardInterrupt:
-        _interrupted(run, in_flight, ready, next_start, backend, listener)
+        _interrupted(run, in_flight, ready, next_start, backend, listener, supervisor, retry)
         raise
     run.record.outcome = ERROR if (run.first_error or run.failures) else SUCCESS
 
 
-def _batch_result(future: Future, start: int, chunk: list) -> _worker.BatchResult:
-    """The batch's result; a batch that broke as a whole fails its first iteration."""
-    try:
-        return future.result()
-    except BaseException as exc:  # noqa: B036 - a lost worker or transport error, reported per iteration
-        now = time.perf_counter()
-        result = _worker.BatchResult(start=start, ran=1, pid=0, marks=[now], end=now)
-        result.errors.append((start, exc, ""))
-        return result
+def _stopped_by_sigint(result: _worker.BatchResult) -> bool:
+    return any(isinstance(exc, KeyboardInterrupt) for _, exc, _ in result.errors)
 
 
 def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: RunListener) -> bool:
@@ -291,8 +328,13 @@ def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: Ru
         listener.on_output(k, stream, text)
         outputs[k] = outputs.get(k, "") + text
     task = TaskRecord(
-        index=result.start, count=result.ran, start=result.wall0 + (result.marks[0] if result.marks else 0.0),
-        marks=result.marks, end=result.end, worker=result.pid, outputs=outputs,
+        index=result.start,
+        count=result.ran,
+        start=result.wall0 + (result.marks[0] if result.marks else 0.0),
+        marks=result.marks,
+        end=result.end,
+        worker=result.pid,
+        outputs=outputs,
     )
     for k, exc, tb in result.errors:
         item = chunk[k - result.start]
@@ -326,37 +368,86 @@ def _note_failure(run: LoopRun, k: int, item: Any, exc: BaseException, tb: str) 
         run.first_error = (k, exc, tb)
 
 
-def _cancel_rest(run: LoopRun, in_flight: dict, ready: dict) -> None:
+def _cancel_rest(run: LoopRun, in_flight: dict, ready: dict, retry: list = ()) -> None:
     """The loop stops (an error): cancel queued batches, drop finished ones after the error."""
     for future in in_flight:
         future.cancel()
-    # batches still running on workers finish on their own; their results are dropped
-    for start, chunk in list(in_flight.values()) + [(start, c) for start, (_, c) in ready.items()]:
+    # batches still running on workers are told to stop (Supervisor.close); results dropped
+    pieces = list(in_flight.values()) + [(start, c) for start, (_, c) in ready.items()]
+    for start, chunk in pieces + list(retry):
         run.record.cancelled.extend(range(start, start + len(chunk)))
     run.record.cancelled.sort()
 
 
-def _interrupted(run: LoopRun, in_flight: dict, ready: dict, next_start: int, backend: Backend, listener: RunListener) -> None:
-    """Stop button: commit the finished prefix, stop the rest now, say how far it got."""
+def _interrupted(
+    run: LoopRun,
+    in_flight: dict,
+    ready: dict,
+    next_start: int,
+    backend: Backend,
+    listener: RunListener,
+    supervisor: Supervisor,
+    retry: list,
+) -> None:
+    """Stop button: stop the rest now, commit the finished prefix, say how far it got.
+
+    Queued batches are cancelled; running ones are told to stop (SIGINT, or an
+    asynchronous KeyboardInterrupt in threads) and hand back the iterations they
+    finished; what still runs after INTERRUPT_GRACE_SECONDS is killed.
+    """
     __tracebackhide__ = True
-    for future in list(in_flight):
-        if future.done():
-            start, chunk = in_flight.pop(future)
-            ready[start] = (future, chunk)
-        else:
+    try:
+        for future in in_flight:
             future.cancel()
-    backend.abort()
-    while next_start in ready:
-        future, chunk = ready.pop(next_start)
-        if _commit(run, _batch_result(future, next_start, chunk), chunk, listener):
-            break
-        next_start += len(chunk)
+        supervisor.interrupt()
+        if backend.in_kernel:
+            backend.abort()
+        done, _ = wait(list(in_flight), timeout=INTERRUPT_GRACE_SECONDS)
+        for future in done:
+            start, chunk = in_flight.pop(future)
+            if not future.cancelled():
+                for piece in supervisor.settle(future, start, chunk):
+                    if piece.result is not None:
+                        ready[piece.start] = (piece.result, piece.chunk)
+    finally:
+        if in_flight and not backend.in_kernel:
+            backend.abort()
+    _cancel_rest(run, in_flight, _commit_prefix(run, ready, next_start, listener), retry)
     run.record.outcome = INTERRUPTED
     total = f" of {run.record.total}" if run.record.total is not None else ""
     print(
         f"parmagic: interrupted; {run.record.done} iteration(s){total} committed, in order",
         file=sys.stderr,
     )
+
+
+def _commit_prefix(run: LoopRun, ready: dict, next_start: int, listener: RunListener) -> dict:
+    """Commit the finished batches in order up to the first gap or stop; return the rest."""
+    __tracebackhide__ = True
+    while next_start in ready:
+        result, chunk = ready.pop(next_start)
+        result = _finished_part(result)
+        stop = _commit(run, result, chunk, listener)
+        if stop or result.ran < len(chunk):
+            if result.ran < len(chunk):
+                ready[next_start + result.ran] = (None, chunk[result.ran :])
+            break
+        next_start += len(chunk)
+    return ready
+
+
+def _finished_part(result: _worker.BatchResult) -> _worker.BatchResult:
+    """An interrupted batch counts only its finished iterations (their effects and output,
+    and those the interrupted one made before it stopped, as plain Python would leave them)."""
+    stopped = [k for k, exc, _ in result.errors if isinstance(exc, KeyboardInterrupt)]
+    if stopped:
+        k = stopped[0]
+        result.errors = [e for e in result.errors if e[0] < k]
+        result.ran = k - result.start
+        if result.ran < len(result.marks):
+            result.end = result.marks[result.ran]
+            del result.marks[result.ran :]
+    return result
 
 
 def _finish(run: LoopRun, namespace: dict[str, Any], options: Options) -> Any:

@@ -158,8 +158,10 @@ def get_executor(n_workers: int) -> Any:
 
     record_deaths()
     return get_reusable_executor(
-        max_workers=n_workers, timeout=IDLE_TIMEOUT,
-        initializer=_worker.init_process, initargs=(os.getpid(),),
+        max_workers=n_workers,
+        timeout=IDLE_TIMEOUT,
+        initializer=_worker.init_process,
+        initargs=(os.getpid(),),
     )
 
 
