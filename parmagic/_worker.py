@@ -159,8 +159,18 @@ def _batch_function(ref: PayloadRef) -> tuple[Payload, Any]:
         exec(marshal.loads(payload.code), glb)
         lines = payload.source.splitlines(True)
         linecache.cache[payload.filename] = (len(payload.source), None, lines, payload.filename)
-        _cache.key, _cache.payload, _cache.fn = ref.key, payload, glb["__pm_batch"]
+        fn = glb["__pm_batch"]
+        fn.__code__ = _as_cell_code(fn.__code__)
+        _cache.key, _cache.payload, _cache.fn = ref.key, payload, fn
     return _cache.payload, _cache.fn
+
+
+def _as_cell_code(code: Any) -> Any:
+    """The batch function's code named ``<module>``: tracebacks show the loop body as cell code."""
+    names = {"co_name": "<module>"}
+    if hasattr(code, "co_qualname"):
+        names["co_qualname"] = "<module>"
+    return code.replace(**names)
 
 
 class _Capture(io.TextIOBase):

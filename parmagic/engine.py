@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import marshal
 import os
+import re
 import sys
 import time
 import types
@@ -19,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _worker
 from .backends.base import Backend
@@ -148,7 +149,7 @@ def run_loop(
             _drive(run, iterable, ref, backend, options, listener, supervisor)
     except KeyboardInterrupt:
         _bind_locals(run, namespace)
-        raise
+        _raise_in_cell(KeyboardInterrupt(), filename, step.lineno)
     finally:
         supervisor.close()
         backend.unpublish(ref)
@@ -159,7 +160,7 @@ def run_loop(
         if run.failures:
             raise run.failures[0][2]
         return run.record
-    return _finish(run, namespace, options)
+    return _finish(run, namespace, options, filename)
 
 
 class _SilentListener(PlainListener):
@@ -450,15 +451,16 @@ def _finished_part(result: _worker.BatchResult) -> _worker.BatchResult:
     return result
 
 
-def _finish(run: LoopRun, namespace: dict[str, Any], options: Options) -> Any:
+def _finish(run: LoopRun, namespace: dict[str, Any], options: Options, filename: str) -> Any:
     """Bind locals, run the else clause, assign a comprehension; raise the failure if any."""
     __tracebackhide__ = True
     step = run.step
     _bind_locals(run, namespace)
     if run.failures:
         if options.on_error == "collect":
-            raise CollectedErrors(run.failures)
-        raise run.first_error[1]
+            _raise_in_cell(CollectedErrors(run.failures), filename, step.lineno)
+        k, exc, tb = run.first_error
+        _raise_in_cell(exc, filename, _cell_line(tb, filename) or step.lineno)
     if step.orelse is not None:
         exec(step.orelse, namespace)
     if step.assign is not None:
@@ -468,6 +470,33 @@ def _finish(run: LoopRun, namespace: dict[str, Any], options: Options) -> Any:
         finally:
             namespace.pop(VALUES, None)
     return run.accumulator if step.is_last_expr else None
+
+
+def _raise_in_cell(exc: BaseException, filename: str, lineno: int) -> NoReturn:
+    """Raise ``exc`` so that its traceback ends in the cell, at ``lineno``.
+
+    IPython hides parmagic's frames (``__tracebackhide__``) but never the last one,
+    so the last one is the cell's: the error shows the cell's line and source. An
+    exception from an in-kernel backend keeps its real frames from the cell's on
+    (``%debug`` works); one from a worker process is raised by a stub compiled at
+    the cell's line.
+    """
+    __tracebackhide__ = True
+    exc.__suppress_context__ = True  # not "during handling of ..." parmagic's internals
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    if tb is not None:
+        raise exc.with_traceback(tb)
+    stub = compile("\n" * max(0, lineno - 1) + f"raise {_worker.RESERVED}exc", filename, "exec")
+    exec(stub, {f"{_worker.RESERVED}exc": exc.with_traceback(None)})
+    raise exc  # not reached
+
+
+def _cell_line(tb: str, filename: str) -> int | None:
+    """The cell line where the worker's traceback ends (its innermost frame in the cell)."""
+    lines = re.findall(rf'File "{re.escape(filename)}", line (\d+)', tb or "")
+    return int(lines[-1]) if lines else None
 
 
 def _bind_locals(run: LoopRun, namespace: dict[str, Any]) -> None:

@@ -127,8 +127,9 @@ def leaked_scratch(before: set[str], procs_before: dict[int, Proc]) -> list[str]
     """New scratch entries that no live owner keeps.
 
     Kept: semaphores of live pools in this process (a persistent pool holds its
-    queues' locks), and entries named after another live process that this test
-    did not start (a wider-scoped kernel, or a test session running beside this one).
+    queues' locks), entries named after another live process that this test did
+    not start (a wider-scoped kernel, or a test session running beside this one),
+    and entries mapped only by processes outside this session.
     """
     new = sorted(scratch_entries() - before)
     if not new:
@@ -144,8 +145,26 @@ def leaked_scratch(before: set[str], procs_before: dict[int, Proc]) -> list[str]
         owners = [p for p in pids if p != me and psutil.pid_exists(p)]
         if owners and all(p in procs_before or p not in alive for p in owners):
             continue
+        mappers = mapped_by(path)
+        if mappers and not mappers & set(alive):
+            continue
         leaks.append(path)
     return leaks
+
+
+def mapped_by(path: str) -> set[int]:
+    """Pids of the processes that have ``path`` mapped (a named semaphore's holders)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as f:
+                if path in f.read():
+                    pids.add(int(entry))
+        except OSError:
+            continue
+    return pids
 
 
 def live_semaphores() -> set[str]:
