@@ -150,6 +150,9 @@ def run_loop(
     except KeyboardInterrupt:
         _bind_locals(run, namespace)
         _raise_in_cell(KeyboardInterrupt(), filename, step.lineno)
+    except Exception:
+        _bind_locals(run, namespace)  # an effect failed in the kernel: as far as it got
+        raise
     finally:
         supervisor.close()
         backend.unpublish(ref)
@@ -309,6 +312,12 @@ def _drive(
     except KeyboardInterrupt:
         _interrupted(run, in_flight, ready, next_start, backend, listener, supervisor, retry)
         raise
+    except Exception:
+        # an effect failed in the kernel (say a KeyError in `d[k] += 1`), as it would
+        # have in the serial loop: stop the rest and raise it as it is
+        _cancel_rest(run, in_flight, ready, retry)
+        run.record.outcome = ERROR
+        raise
     run.record.outcome = ERROR if (run.first_error or run.failures) else SUCCESS
 
 
@@ -348,6 +357,7 @@ def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: Ru
 
 def _replay(run: LoopRun, effects: list) -> None:
     """Apply effect records in order (a loop with one effect site records bare values)."""
+    __tracebackhide__ = True
     replay = run.replay
     if len(replay) == 1:
         if run.step.kind == "list":  # a comprehension: the values are the elements
