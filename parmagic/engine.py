@@ -421,7 +421,7 @@ def _interrupted(
                     if piece.result is not None:
                         ready[piece.start] = (piece.result, piece.chunk)
     finally:
-        if in_flight and not backend.in_kernel:
+        if in_flight and not backend.in_kernel and not supervisor.stop_stuck(list(in_flight)):
             backend.abort()
     _cancel_rest(run, in_flight, _commit_prefix(run, ready, next_start, listener), retry)
     run.record.outcome = INTERRUPTED

@@ -244,7 +244,9 @@ def _shared_file(size: int, key: str) -> tuple[int, str, bool]:
 class Watchdog:
     """A kernel thread that stops iterations running past ``timeout`` seconds."""
 
-    def __init__(self, board: Board, timeout: float, grace: float, stop: Callable[[int], bool]):
+    def __init__(
+        self, board: Board, timeout: float, grace: float, stop: Callable[[int, Entry], bool]
+    ):
         self.board = board
         self.limit_ns = int((timeout + grace) * 1e9)
         self.stop_worker = stop
@@ -274,8 +276,16 @@ class Watchdog:
                     continue
                 if self.killed.get(entry.who) == entry.k:
                     continue
-                if self.board.read(index) == entry and self.stop_worker(entry.who):
+                if self.board.read(index) == entry and self.stop_worker(index, entry):
                     self.killed[entry.who] = entry.k
+
+
+class WorkerStopped(Exception):
+    """The future of a batch whose worker the watchdog stopped without breaking the pool."""
+
+    def __init__(self, pid: int):
+        super().__init__(f"worker {pid} was stopped")
+        self.parmagic_deaths = {pid: -signal.SIGKILL}
 
 
 def kill_process(pid: int, allowed: Callable[[], list[int]]) -> bool:
@@ -289,12 +299,12 @@ def kill_process(pid: int, allowed: Callable[[], list[int]]) -> bool:
     return True
 
 
-def raise_in_thread(ident: int) -> bool:
-    """Raise IterationTimeoutError in thread ``ident`` at its next bytecode."""
+def raise_in_thread(index: int, entry: Entry) -> bool:
+    """Raise IterationTimeoutError in the entry's thread at its next bytecode."""
     import ctypes
 
     n = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(ident), ctypes.py_object(IterationTimeoutError)
+        ctypes.c_ulong(entry.who), ctypes.py_object(IterationTimeoutError)
     )
     return n == 1
 
@@ -323,8 +333,7 @@ class Supervisor:
         self.watchdog: Watchdog | None = None
         if self.board is not None and timeout:
             if self.processes:
-                stop = lambda pid: kill_process(pid, backend.worker_pids)  # noqa: E731
-                self.watchdog = Watchdog(self.board, timeout, GRACE_SECONDS, stop)
+                self.watchdog = Watchdog(self.board, timeout, GRACE_SECONDS, self._stop_process)
             else:
                 self.watchdog = Watchdog(self.board, timeout, 0.0, raise_in_thread)
             self.watchdog.start()
@@ -356,12 +365,49 @@ class Supervisor:
             if exc is None:
                 self._cleared(start, chunk)
                 return [Piece(start, chunk, future.result())]
-            if isinstance(exc, BrokenExecutor) and slot is not None:
+            if isinstance(exc, BrokenExecutor | WorkerStopped) and slot is not None:
                 return self._recover(exc, start, chunk, slot)
             return [Piece(start, chunk, whole_batch_failure(start, chunk, exc))]
         finally:
             if slot is not None:
                 self.board.release(slot)
+
+    def _stop_process(self, index: int, entry: Entry) -> bool:
+        """Watchdog: stop the worker stuck in the slot's iteration, sparing the others if we can."""
+        future = next((f for f, s in list(self._slots.items()) if s.index == index), None)
+        stop = getattr(self.backend, "stop_worker", None)
+        if future is not None and stop is not None:
+            try:
+                return stop(
+                    entry.who,
+                    future,
+                    lambda: self.board.read(index) == entry,
+                    WorkerStopped(entry.who),
+                )
+            except Exception:  # could not spare the pool: kill it plainly, the pool is rebuilt
+                pass
+        return kill_process(entry.who, self.backend.worker_pids)
+
+    def stop_stuck(self, futures: list[Future]) -> bool:
+        """Interrupt: stop the workers of batches that ignored SIGINT (stuck in C), one by one,
+        sparing the pool; False when that is not possible and the pool must be killed."""
+        stop = getattr(self.backend, "stop_worker", None)
+        if self.board is None or stop is None:
+            return False
+        for future in futures:
+            if future.done():
+                continue
+            slot = self._slots.get(future)
+            entry = self.board.read(slot.index) if slot is not None else None
+            if entry is None or entry.phase not in _WORKING:
+                return False  # not started yet, or finishing: nothing to single out
+            try:
+                same = lambda index=slot.index, entry=entry: self.board.read(index) == entry  # noqa: E731
+                if not stop(entry.who, future, same, KeyboardInterrupt()):
+                    return False
+            except Exception:
+                return False
+        return True
 
     def interrupt(self) -> None:
         """Stop button: batches not started do nothing; running ones get SIGINT (threads: see abort)."""

@@ -260,6 +260,7 @@ def test_timeout_fails_only_the_slow_iterations_also_stuck_in_c_or_sleep(km: Any
         "    time.sleep(0.05)\n"
         "    r_to.append(i)\n"
     )
+    before = set(value(kc, "parmagic.status()['pids']"))
     began = time.monotonic()
     ex = execute(kc, code)
     took = time.monotonic() - began
@@ -276,6 +277,9 @@ def test_timeout_fails_only_the_slow_iterations_also_stuck_in_c_or_sleep(km: Any
     killed = int(re.search(r"its worker (\d+) was killed", lines[1]).group(1))
     rows = dict(value(kc, "[(it.index, it.worker) for it in parmagic.last_run().iterations]"))
     assert rows[2] == killed and not psutil.pid_exists(killed)
+    # only the stuck worker died: its sibling kept its work and is still in the pool
+    (sibling,) = before - {killed}
+    assert sibling in value(kc, "parmagic.status()['pids']")
     assert_pool_whole(km, kc)
 
 
@@ -347,6 +351,7 @@ def test_interrupt_kills_a_worker_stuck_in_c_within_a_second(
         "    time.sleep(0.05)\n"
         "    r_stuck.append(i)\n"
     )
+    before = set(value(kc, "parmagic.status()['pids']"))
     msg_id = start(kc, code)
     stuck = when_written(mark, int)
     sent = when_written(mark, lambda _: (km.interrupt_kernel(), time.monotonic())[1])
@@ -356,6 +361,8 @@ def test_interrupt_kills_a_worker_stuck_in_c_within_a_second(
     n = len(value(kc, "r_stuck"))
     assert value(kc, "r_stuck") == list(range(n)) and n <= 3
     assert not psutil.pid_exists(stuck), "the stuck worker was not stopped"
+    (sibling,) = before - {stuck}
+    assert sibling in value(kc, "parmagic.status()['pids']"), "a worker that was not stuck died"
     assert_pool_whole(km, kc)
 
 

@@ -10,8 +10,11 @@ so no file outlives a killed kernel.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future
 from typing import Any
@@ -147,6 +150,57 @@ class LokyBackend(Backend):
         """PIDs of this backend's loky workers (from any thread: loky's storage is per thread)."""
         return sorted(list(self.executor._processes))
 
+    def stop_worker(
+        self, pid: int, future: Future, still_stuck: Callable[[], bool], error: BaseException
+    ) -> bool:
+        """Kill one worker stuck in an iteration without breaking the pool; False if it moved on.
+
+        A dead worker makes loky kill every other worker. So the stuck one is first
+        frozen (SIGSTOP) and, if the status board still shows it in the same iteration
+        (running user code: it holds none of loky's locks), loky is told that it left
+        cleanly (its pid on the result queue, as a worker leaving on idle timeout does),
+        its task is taken out of loky's books and failed with ``error``, and only then
+        is it killed. loky replaces it like a worker that timed out. Raises if a step
+        fails; the caller then kills it plainly (the pool breaks and is rebuilt).
+        """
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            _wait_stopped(pid)
+            if not still_stuck():
+                os.kill(pid, signal.SIGCONT)
+                return False
+            work_id = _work_id(self.executor, future)
+        except BaseException:
+            os.kill(pid, signal.SIGCONT)
+            raise
+        self.executor._pending_work_items.pop(work_id, None)
+        self.executor._running_work_items.remove(work_id)
+        self.executor._result_queue.put(pid)  # "worker pid exited": loky joins and replaces it
+        os.kill(pid, signal.SIGKILL)
+        future.set_exception(error)
+        return True
+
+
+def _wait_stopped(pid: int, seconds: float = 1.0) -> None:
+    """Wait until ``pid`` is in the stopped state (after SIGSTOP)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        if state in ("T", "t"):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker {pid} did not stop (state {state})")
+        time.sleep(0.001)
+
+
+def _work_id(executor: Any, future: Future) -> int:
+    """loky's id of the task behind ``future`` (it must still be running)."""
+    for work_id, item in list(executor._pending_work_items.items()):
+        if item.future is future:
+            return work_id
+    raise LookupError("the stuck task is no longer in loky's books")
+
 
 def get_executor(n_workers: int) -> Any:
     """loky's reusable executor with ``n_workers`` workers.
@@ -157,6 +211,10 @@ def get_executor(n_workers: int) -> Any:
     from loky import get_reusable_executor
 
     record_deaths()
+    # a worker stopped by stop_worker is replaced as one that timed out would be: quietly
+    warnings.filterwarnings(
+        "ignore", message="A worker stopped while some jobs were given", category=UserWarning
+    )
     return get_reusable_executor(
         max_workers=n_workers,
         timeout=IDLE_TIMEOUT,
