@@ -1,11 +1,13 @@
 """The ``multiprocessing`` backend: a standard-library process pool kept per kernel.
 
-A ``concurrent.futures.ProcessPoolExecutor`` on a ``forkserver`` context
-(``spawn`` where forkserver does not exist). Plain ``fork`` is not an option:
-the kernel is multithreaded (ipykernel runs its own threads, and so does the
-engine), and forking a multithreaded process can copy a lock that another
-thread holds, deadlocking the child. Forkserver forks each worker from a small,
-single-threaded server process instead, and is much cheaper than spawn.
+A ``concurrent.futures.ProcessPoolExecutor`` on the ``spawn`` context. Plain
+``fork`` is not an option: the kernel is multithreaded (ipykernel runs its own
+threads, and so does the engine), and forking a multithreaded process can copy
+a lock that another thread holds, deadlocking the child. ``forkserver`` would
+start workers faster, but its server process is a standard-library singleton
+that stays until the kernel exits, after ``%parmagic shutdown`` too; with
+``spawn`` the workers are the kernel's own children and shutdown leaves nothing.
+The pool is persistent, so the slower start is paid once per kernel.
 
 The pool is created on first use, reused by every run, rebuilt when it breaks
 (a worker died) or is aborted (interrupt), and shut down by :meth:`close`. The
@@ -16,112 +18,48 @@ travel cloudpickled inside the payload file, written once per run.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-import pickle
-import shutil
-import tempfile
+import signal
+import sys
 import threading
-import time
-import uuid
-import weakref
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable
+from typing import Any
 
 from .. import _worker
-from ..errors import UnsendableValueError
 from .base import Backend
+from .loky import publish_to_file, unpublish_file
 
-#: How often a worker checks that the kernel is still alive (seconds).
-PARENT_POLL_S = 1.0
 #: How long shutdown waits for a worker to exit before killing it (seconds).
 JOIN_TIMEOUT_S = 2.0
 
 
-def start_method() -> str:
-    """The start method the pool uses: forkserver where it exists, else spawn (never fork)."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-# -- the payload file, shared by the process backends ---------------------------------------
-
-
-def dumps_with_buffers(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """cloudpickle ``obj`` with protocol 5, big buffers (NumPy arrays) kept out of band."""
-    import cloudpickle
-
-    buffers: list[pickle.PickleBuffer] = []
-    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-    return data, buffers
-
-
-def unsendable_error(captured: dict[str, Any], exc: BaseException) -> UnsendableValueError:
-    """Name the first captured value that cannot be pickled, its type and the way out."""
-    import cloudpickle
-
-    for name, value in captured.items():
-        try:
-            cloudpickle.dumps(value, protocol=5, buffer_callback=lambda b: None)
-        except Exception as err:
-            return UnsendableValueError(
-                f"cannot send {name!r} (a {type(value).__name__}) to the worker processes: "
-                f"{type(err).__name__}: {err}. Use --backend threads to run in the kernel."
-            )
-    return UnsendableValueError(f"cannot send the loop to the worker processes: {exc}")
-
-
-class PayloadDir:
-    """A private (mode 0700) temporary folder holding one file per published run."""
-
-    def __init__(self, prefix: str = "parmagic-"):
-        self.path = tempfile.mkdtemp(prefix=prefix)
-        # The folder goes with the kernel even if nobody calls close().
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
-
-    def publish(self, payload: _worker.Payload) -> _worker.FileRef:
-        """Write ``payload`` to a fresh 0600 file and return the reference tasks carry."""
-        path = os.path.join(self.path, f"{uuid.uuid4().hex}.payload")
-        try:
-            _worker.write_payload_file(path, payload, dumps_with_buffers)
-        except Exception as exc:
-            _remove(path)
-            raise unsendable_error(payload.captured, exc) from exc
-        return _worker.FileRef(payload.key, path)
-
-    def unpublish(self, ref: _worker.PayloadRef) -> None:
-        """Delete the run's file (workers that mapped it keep their mapping)."""
-        path = getattr(ref, "path", None)
-        if path and os.path.dirname(path) == self.path:
-            _remove(path)
-
-    def close(self) -> None:
-        """Remove the folder and everything left in it."""
-        self._finalizer()
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+#: The start method of the pool's workers (see the module docstring: never fork).
+START_METHOD = "spawn"
 
 
 # -- worker side ----------------------------------------------------------------------------
 
 
 def _init_worker() -> None:
-    """Pool initializer: exit when the kernel is gone, so no worker outlives it.
+    """Pool initializer: leave SIGINT to the kernel, and exit when the kernel is gone.
 
-    With forkserver the worker's parent is the fork server, which exits when
-    the kernel does; with spawn it is the kernel. Either way the parent pid
-    changes when the kernel dies (even by SIGKILL), and the worker follows.
+    The stop button sends SIGINT to the kernel's whole process group, workers
+    included: an idle worker must not die of it (the kernel stops running
+    batches itself, see :meth:`MultiprocessingBackend.abort`). The parent's
+    sentinel is a pipe end that only the kernel holds open: it turns readable
+    when the kernel dies, even by SIGKILL, and the worker then exits.
     """
-    parent = os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by multiprocessing: nothing to watch
+        return
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
+        parent.join()
         os._exit(0)
 
     threading.Thread(target=watch, name="parmagic-parent-watch", daemon=True).start()
@@ -131,17 +69,18 @@ def _init_worker() -> None:
 
 
 class MultiprocessingBackend(Backend):
-    """Tasks on a persistent standard-library process pool (forkserver or spawn)."""
+    """Tasks on a persistent standard-library process pool of spawned workers."""
 
     name = "multiprocessing"
     needs_pickling = True
     in_kernel = False
+    #: workers report into parmagic.watchdog's status board (timeouts, deaths, interrupts)
+    status_board = True
 
     def __init__(self, n_workers: int):
         super().__init__(n_workers)
         self._lock = threading.RLock()
         self._executor: ProcessPoolExecutor | None = None
-        self._files = PayloadDir()
 
     # The pool ---------------------------------------------------------------------------------
 
@@ -152,14 +91,14 @@ class MultiprocessingBackend(Backend):
     def _pool(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._executor is None:
-                context = multiprocessing.get_context(start_method())
+                context = multiprocessing.get_context(START_METHOD)
                 executor = ProcessPoolExecutor(
                     self.n_workers, mp_context=context, initializer=_init_worker
                 )
                 # The executor starts workers on demand, one per submit that finds
                 # none idle: n no-op tasks start all n now, without waiting for them.
                 for _ in range(self.n_workers):
-                    executor.submit(_worker.warm_up)
+                    _submit(executor, _worker.warm_up)
                 self._executor = executor
             return self._executor
 
@@ -191,21 +130,24 @@ class MultiprocessingBackend(Backend):
 
     def publish(self, payload: _worker.Payload) -> _worker.PayloadRef:
         """Write the payload to a private file once; every task carries only its path."""
-        return self._files.publish(payload)
+        return publish_to_file(payload)
 
     def unpublish(self, ref: _worker.PayloadRef) -> None:
         """Delete the run's payload file."""
-        self._files.unpublish(ref)
+        unpublish_file(ref)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` in a worker; a pool broken by a dead worker is rebuilt first."""
+        executor = self._pool()
         try:
-            return self._pool().submit(fn, *args)
+            task = _submit(executor, fn, *args)
         except BrokenProcessPool:
-            # A worker died in an earlier run: its futures already failed with
-            # BrokenProcessPool; this run gets a fresh pool.
+            # A worker died (or was killed by the watchdog): the futures it broke
+            # already failed; what is submitted from now on gets a fresh pool.
             self._stop(kill=True)
-            return self._pool().submit(fn, *args)
+            executor = self._pool()
+            task = _submit(executor, fn, *args)
+        return _Relay(task, executor)
 
     def abort(self) -> None:
         """Kill the workers now; pending futures fail with BrokenProcessPool, the next run rebuilds."""
@@ -221,12 +163,73 @@ class MultiprocessingBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         """Backend, worker count, pids and start method."""
-        return {**super().describe(), "start_method": start_method()}
+        return {**super().describe(), "start_method": START_METHOD}
 
     def close(self) -> None:
-        """Stop the workers and remove the payload folder (kernel exit, ``%parmagic shutdown``)."""
+        """Stop the workers (kernel exit, ``%parmagic shutdown``)."""
         self._stop(kill=False)
-        self._files.close()
+
+
+class _Relay(Future):
+    """The engine's side of a pool future; a broken pool's error also says who died.
+
+    When a worker dies, the executor fails every pending future with one
+    ``BrokenProcessPool`` and then terminates the other workers. The first
+    relay to see that error notes, before the others are terminated, which
+    workers have an exit code: those died on their own (or by the watchdog).
+    ``exc.parmagic_deaths`` (pid -> exit code) lets the engine fail only the
+    iteration a dead worker held, and run the rest of the lost batches again.
+    """
+
+    def __init__(self, task: Future, executor: ProcessPoolExecutor):
+        super().__init__()
+        self._task = task
+        self._executor = executor
+        task.add_done_callback(self._copy)
+
+    def cancel(self) -> bool:
+        """Cancel the pool's future (possible while it waits in the queue)."""
+        return self._task.cancel() and super().cancel()
+
+    def _copy(self, task: Future) -> None:
+        if task.cancelled():
+            super().cancel()
+            return
+        exc = task.exception()
+        if exc is None:
+            self.set_result(task.result())
+            return
+        if isinstance(exc, BrokenProcessPool) and not hasattr(exc, "parmagic_deaths"):
+            exc.parmagic_deaths = {  # type: ignore[attr-defined]
+                p.pid: p.exitcode for p in _processes(self._executor) if p.exitcode is not None
+            }
+        self.set_exception(exc)
+
+
+def _submit(executor: ProcessPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
+    """``executor.submit``, which starts a worker when none is idle (see :func:`_main_spec`)."""
+    with _main_spec():
+        return executor.submit(fn, *args)
+
+
+@contextlib.contextmanager
+def _main_spec() -> Iterator[None]:
+    """Give the kernel's ``__main__`` a ``__spec__`` while workers start, if it lost it.
+
+    Starting a spawn or forkserver process reads ``sys.modules["__main__"].__spec__``.
+    In IPython ``__main__`` is the user's namespace, and ``%reset`` empties it,
+    ``__spec__`` included: the start would fail with AttributeError. The
+    attribute is put back as ``None`` (what a fresh module has) for the start only.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or hasattr(main, "__spec__"):
+        yield
+        return
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        vars(main).pop("__spec__", None)
 
 
 def _processes(executor: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:

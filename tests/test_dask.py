@@ -1,0 +1,355 @@
+"""``--backend dask`` on a real cluster: a ``dask scheduler`` and two ``dask worker`` processes.
+
+The module's fixture starts them from the venv's ``dask`` command on a free
+loopback port, and stops them at the end, checking that none of their
+processes (nannies and worker processes included) is left behind.
+"""
+
+from __future__ import annotations
+
+import _thread
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .shell import fresh, run, shell, snapshot
+
+distributed = pytest.importorskip("distributed")
+psutil = pytest.importorskip("psutil")
+
+pytestmark = pytest.mark.dask
+
+ROOT = Path(__file__).resolve().parent.parent
+DASK = Path(sys.executable).with_name("dask")
+START_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_shell_afterwards() -> Iterator[None]:
+    """Later modules may test behaviour outside IPython: drop the shell these tests made."""
+    yield
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.clear_instance()
+
+
+SETUP = """
+import os, time
+def slow_power(x, p):
+    time.sleep(0.02)
+    return x ** p
+"""
+
+CELL = """
+results, pids = [], []
+total = 0
+for i in range(12):
+    v = slow_power(i, 2)
+    print("item", i, v)
+    results.append(v)
+    pids.append(os.getpid())
+    total += v
+"""
+
+
+@dataclass
+class Cluster:
+    """The running test cluster."""
+
+    address: str
+    worker_pids: set[int]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A scheduler and two single-threaded workers on 127.0.0.1, gone afterwards."""
+    tmp = tmp_path_factory.mktemp("dask")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    log = open(tmp / "cluster.log", "wb")  # noqa: SIM115 - closed in teardown
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> None:
+        cmd = [str(DASK), *args, "--no-dashboard"]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT))
+
+    try:
+        scheduler_file = tmp / "scheduler.json"
+        start(
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--scheduler-file",
+            str(scheduler_file),
+        )
+        address = _wait_for_address(scheduler_file, procs[0])
+        for _ in range(2):
+            start(
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--local-directory",
+                str(tmp),
+            )
+        with distributed.Client(address, set_as_default=False, timeout=START_TIMEOUT) as client:
+            client.wait_for_workers(2, timeout=START_TIMEOUT)
+            pids = set(client.run(os.getpid).values())
+        yield Cluster(address, pids)
+    finally:
+        _close_parmagic_clients()
+        _stop(procs)
+        log.close()
+
+
+def _wait_for_address(path: Path, scheduler: subprocess.Popen) -> str:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        assert scheduler.poll() is None, "dask scheduler exited at start"
+        try:
+            return json.loads(path.read_text())["address"]
+        except (FileNotFoundError, ValueError, KeyError):
+            time.sleep(0.1)
+    raise TimeoutError("dask scheduler did not write its address")
+
+
+def _close_parmagic_clients() -> None:
+    import parmagic
+
+    parmagic.shutdown()  # closes the client --scheduler opened, before the scheduler goes
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each started process (nannies stop their workers), then check none is left."""
+    family = []
+    for proc in procs:
+        try:
+            family += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for proc in reversed(procs):  # workers first, the scheduler last
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for leftover in alive:
+        leftover.kill()
+    assert not alive, f"dask processes left behind: {alive}"
+
+
+def _no_default_client() -> None:
+    try:
+        distributed.Client.current().close()
+    except ValueError:
+        pass
+
+
+# -- the cell magic -------------------------------------------------------------------------
+
+
+def _plain(ip, capsys: pytest.CaptureFixture) -> tuple[dict, str]:
+    fresh(ip, SETUP, capsys)
+    result, out, err = run(ip, CELL, capsys)
+    assert result.success, err
+    return _state(ip.user_ns), out
+
+
+def _state(ns: dict) -> dict:
+    state = snapshot(ns)
+    state.pop("pids")
+    state.pop("client", None)
+    return state
+
+
+def test_cell_runs_on_the_dask_workers_as_the_plain_cell(
+    cluster: Cluster, capsys: pytest.CaptureFixture
+) -> None:
+    ip = shell()
+    expected, plain_out = _plain(ip, capsys)
+    fresh(ip, SETUP, capsys)
+    magic = f"%%parallel --backend dask --scheduler {cluster.address} --no-progress"
+    result, out, err = run(ip, f"{magic}\n{CELL}", capsys)
+    assert result.success, err
+    assert set(ip.user_ns["pids"]) <= cluster.worker_pids
+    assert len(ip.user_ns["pids"]) == 12
+    assert _state(ip.user_ns) == expected
+    assert out == plain_out  # prints come back, in iteration order
+
+
+def test_cell_uses_the_kernels_existing_client(
+    cluster: Cluster, capsys: pytest.CaptureFixture
+) -> None:
+    ip = shell()
+    expected, plain_out = _plain(ip, capsys)
+    fresh(
+        ip,
+        SETUP + f"from dask.distributed import Client\nclient = Client({cluster.address!r})\n",
+        capsys,
+    )
+    try:
+        result, out, err = run(ip, f"%%parallel --backend dask --no-progress\n{CELL}", capsys)
+        assert result.success, err
+        assert set(ip.user_ns["pids"]) <= cluster.worker_pids
+        assert _state(ip.user_ns) == expected
+        assert out == plain_out
+    finally:
+        ip.user_ns["client"].close()
+
+
+def test_no_client_and_no_scheduler_says_what_to_do(capsys: pytest.CaptureFixture) -> None:
+    from parmagic.backends.dask import DaskBackend
+    from parmagic.errors import BackendUnavailableError
+
+    _no_default_client()
+    with pytest.raises(
+        BackendUnavailableError, match=r"create one first .*--scheduler tcp://host:port"
+    ):
+        DaskBackend(None, None)
+    ip = shell()
+    fresh(ip, SETUP, capsys)
+    result, _, _ = run(ip, f"%%parallel --backend dask --no-progress\n{CELL}", capsys)
+    assert isinstance(result.error_in_exec, BackendUnavailableError)
+
+
+def test_unreachable_scheduler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from parmagic.backends import dask as dask_backend
+    from parmagic.backends.dask import DaskBackend
+    from parmagic.errors import BackendUnavailableError
+
+    monkeypatch.setattr(dask_backend, "CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(
+        BackendUnavailableError, match="cannot reach the dask scheduler at tcp://127.0.0.1:9"
+    ):
+        DaskBackend(None, "tcp://127.0.0.1:9")
+
+
+def test_failing_iteration_commits_the_prefix_and_raises_its_error(
+    cluster: Cluster, capsys: pytest.CaptureFixture
+) -> None:
+    ip = shell()
+    fresh(ip, SETUP, capsys)
+    cell = (
+        f"%%parallel --backend dask --scheduler {cluster.address} --no-progress --chunksize 1\n"
+        "out = []\nfor i in range(6):\n    out.append(10 // (3 - i))\n"
+    )
+    result, _, _ = run(ip, cell, capsys)
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+    assert ip.user_ns["out"] == [3, 5, 10]
+
+
+def test_unpicklable_captured_value_is_named(
+    cluster: Cluster, capsys: pytest.CaptureFixture
+) -> None:
+    from parmagic.errors import UnsendableValueError
+
+    ip = shell()
+    fresh(ip, SETUP + "import threading\nlk = threading.Lock()\n", capsys)
+    cell = (
+        f"%%parallel --backend dask --scheduler {cluster.address} --no-progress\n"
+        "out = []\nfor i in range(3):\n    out.append((i, lk))\n"
+    )
+    result, _, _ = run(ip, cell, capsys)
+    assert isinstance(result.error_in_exec, UnsendableValueError)
+    assert "'lk'" in str(result.error_in_exec)
+
+
+def test_interrupt_stops_running_batches_and_the_next_cell_works(
+    cluster: Cluster, capsys: pytest.CaptureFixture
+) -> None:
+    ip = shell()
+    fresh(ip, SETUP, capsys)
+    magic = f"%%parallel --backend dask --scheduler {cluster.address} --no-progress"
+    # Each iteration would run 60 s; the interrupt must free both workers at once.
+    long_cell = f"{magic}\ndone = []\nfor i in range(4):\n    for _ in range(600):\n        time.sleep(0.1)\n    done.append(i)\n"
+    timer = threading.Timer(3.0, _thread.interrupt_main)
+    timer.start()
+    try:
+        result, _, err = run(ip, long_cell, capsys)
+    finally:
+        timer.cancel()
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert ip.user_ns["done"] == []
+    started = time.monotonic()
+    result, _, err = run(
+        ip, f"{magic}\nquick = []\nfor i in range(4):\n    quick.append(i * 2)\n", capsys
+    )
+    assert result.success, err
+    assert ip.user_ns["quick"] == [0, 2, 4, 6]
+    assert time.monotonic() - started < 15
+
+
+# -- the API and the backend itself ---------------------------------------------------------
+
+
+def test_pmap_on_dask(cluster: Cluster) -> None:
+    import parmagic
+
+    def square_and_pid(x: int) -> tuple[int, int]:
+        return x * x, os.getpid()
+
+    out = parmagic.pmap(
+        square_and_pid, range(20), backend="dask", scheduler=cluster.address, progress=False
+    )
+    assert [v for v, _ in out] == [x * x for x in range(20)]
+    assert {pid for _, pid in out} <= cluster.worker_pids
+
+
+def test_backend_counts_threads_and_reports_pids(cluster: Cluster) -> None:
+    from parmagic.backends.dask import DaskBackend
+
+    backend = DaskBackend(None, cluster.address)
+    assert backend.n_workers == 2  # two workers of one thread each
+    assert set(backend.worker_pids()) == cluster.worker_pids
+    info = backend.describe()
+    assert info["backend"] == "dask" and info["scheduler"] == cluster.address
+    assert DaskBackend(5, cluster.address).n_workers == 5
+
+
+def test_payload_is_scattered_once_and_reaches_every_worker(cluster: Cluster) -> None:
+    from parmagic import _worker
+    from parmagic.backends.dask import DaskBackend, DaskRef
+
+    backend = DaskBackend(None, cluster.address)
+    payload = _worker.Payload(key="k-test", code=b"", filename="<t>", source="", captured={"x": 1})
+    ref = backend.publish(payload)
+    try:
+        assert isinstance(ref, DaskRef) and ref.key == "k-test"
+        assert ref.load().captured == {"x": 1}
+        who_has = backend.client().who_has([ref.future])[ref.future.key]
+        assert len(who_has) == 2  # broadcast: on both workers before any task runs
+    finally:
+        backend.unpublish(ref)
+
+
+def test_killed_worker_becomes_worker_died_error() -> None:
+    from distributed.scheduler import KilledWorker
+
+    from parmagic.backends.dask import _translate
+    from parmagic.errors import WorkerDiedError
+
+    last_worker = types.SimpleNamespace(address="tcp://127.0.0.1:1")
+    error = _translate(KilledWorker("parmagic_batch-1", last_worker, 3))
+    assert isinstance(error, WorkerDiedError)
+    assert isinstance(error.__cause__, KilledWorker)
+    other = ValueError("x")
+    assert _translate(other) is other
