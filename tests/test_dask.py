@@ -8,6 +8,7 @@ processes (nannies and worker processes included) is left behind.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import json
 import os
 import signal
@@ -70,10 +71,9 @@ class Cluster:
     worker_pids: set[int]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A scheduler and two single-threaded workers on 127.0.0.1, gone afterwards."""
-    tmp = tmp_path_factory.mktemp("dask")
+@contextlib.contextmanager
+def running_cluster(tmp: Path, workers: int, threads: int) -> Iterator[Cluster]:
+    """A scheduler and ``workers`` worker processes of ``threads`` threads on 127.0.0.1."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -97,25 +97,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             str(scheduler_file),
         )
         address = _wait_for_address(scheduler_file, procs[0])
-        for _ in range(2):
-            start(
-                "worker",
-                address,
-                "--nthreads",
-                "1",
-                "--nworkers",
-                "1",
-                "--local-directory",
-                str(tmp),
-            )
+        for _ in range(workers):
+            start("worker", address, "--nthreads", str(threads), "--nworkers", "1")
         with distributed.Client(address, set_as_default=False, timeout=START_TIMEOUT) as client:
-            client.wait_for_workers(2, timeout=START_TIMEOUT)
+            client.wait_for_workers(workers, timeout=START_TIMEOUT)
             pids = set(client.run(os.getpid).values())
         yield Cluster(address, pids)
     finally:
         _close_parmagic_clients()
         _stop(procs)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A scheduler and two single-threaded workers, gone afterwards."""
+    with running_cluster(tmp_path_factory.mktemp("dask"), workers=2, threads=1) as found:
+        yield found
 
 
 def _wait_for_address(path: Path, scheduler: subprocess.Popen) -> str:
@@ -353,3 +351,24 @@ def test_killed_worker_becomes_worker_died_error() -> None:
     assert isinstance(error.__cause__, KilledWorker)
     other = ValueError("x")
     assert _translate(other) is other
+
+
+def test_threads_of_one_worker_keep_their_output_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Batches run at once in one worker's threads: each iteration's print stays its own."""
+    with running_cluster(tmp_path, workers=1, threads=3) as threaded:
+        ip = shell()
+        fresh(ip, SETUP, capsys)
+        cell = (
+            f"%%parallel --backend dask --scheduler {threaded.address} --no-progress --chunksize 1\n"
+            "seen = []\nfor i in range(9):\n    print('start', i)\n"
+            "    time.sleep(0.05 * (9 - i))\n    print('end', i)\n    seen.append(os.getpid())\n"
+        )
+        started = time.monotonic()
+        result, out, err = run(ip, cell, capsys)
+        elapsed = time.monotonic() - started
+        assert result.success, err
+        assert set(ip.user_ns["seen"]) == threaded.worker_pids
+        assert out == "".join(f"start {i}\nend {i}\n" for i in range(9))
+        assert elapsed < 2.0  # the 2.25 s of sleeps overlapped in the worker's threads

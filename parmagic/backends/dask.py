@@ -135,6 +135,7 @@ class DaskBackend(Backend):
         self._live: dict[str, int] = {}
         #: cluster-side cancels and interrupts, in order, off the engine's thread
         self._messenger = ThreadPoolExecutor(1, thread_name_prefix="parmagic-dask")
+        self._threads: int | None = None  # the cluster's thread count, counted at each publish
         super().__init__(n_workers)  # type: ignore[arg-type]
         self.client()  # fail now, with the way out, rather than in the first run
 
@@ -142,10 +143,12 @@ class DaskBackend(Backend):
 
     @property
     def n_workers(self) -> int:
-        """The requested worker count, else the cluster's threads (at least 1), asked each time."""
+        """The requested worker count, else the cluster's threads (at least 1), as of the last run."""
         if self._requested:
             return self._requested
-        return max(1, sum(self.client().nthreads().values()))
+        if self._threads is None:
+            self._threads = max(1, sum(self.client().nthreads().values()))
+        return self._threads
 
     @n_workers.setter
     def n_workers(self, value: int | None) -> None:
@@ -180,7 +183,9 @@ class DaskBackend(Backend):
     def publish(self, payload: Payload) -> PayloadRef:
         """Scatter the payload to every worker once; tasks name it by its dask future."""
         client = self.client()
-        if not client.nthreads():
+        threads = client.nthreads()
+        self._threads = max(1, sum(threads.values()))  # the cluster may have grown
+        if not threads:
             raise BackendUnavailableError(
                 f"the dask cluster at {client.scheduler.address} has no workers: "
                 "start some (dask worker ADDRESS) and run the cell again"
