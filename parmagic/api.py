@@ -54,6 +54,8 @@ def run_cell(
             file=sys.stderr,
         )
     full_source = display_source if display_source is not None else "\n" * line_offset + source
+    if plan.loops:
+        pool.get_backend(opts)  # a missing backend (no dask Client) fails before the cell runs
     if opts.compare or opts.sweep:
         from .compare import run_plan_compared
 

@@ -33,7 +33,13 @@ def get_backend(options: Options) -> Backend:
     if options.backend == "multiprocessing":
         return _keyed("multiprocessing", n, lambda: _mp_backend(n))
     if options.backend == "dask":
-        return _keyed(f"dask:{options.scheduler}", n, lambda: _dask_backend(n, options.scheduler))
+        # -1/-2 mean "all the cluster's threads", not this machine's cores
+        wanted = options.n_jobs if options.n_jobs > 0 else None
+        backend = _keyed(
+            f"dask:{options.scheduler}", n, lambda: _dask_backend(wanted, options.scheduler)
+        )
+        backend.n_workers = wanted
+        return backend
     return LokyBackend(n)
 
 

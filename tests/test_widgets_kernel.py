@@ -106,7 +106,10 @@ def execute(
             on_msg(msg)
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
-    return Cell(msgs, kc.get_shell_msg(timeout=timeout))
+    while True:  # the reply to this request, not a stray one from an earlier cell
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return Cell(msgs, reply)
 
 
 @pytest.fixture(scope="module")
