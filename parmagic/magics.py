@@ -240,8 +240,9 @@ def format_status(info: dict[str, Any]) -> str:
     lines.append(f"iterations run: {info['iterations_run']}")
     if info["thread_pool"]:
         lines.append(f"thread pool: {info['thread_pool']} threads")
-    if info["other"]:
-        lines.append(f"other pools: {', '.join(info['other'])}")
+    for key, facts in info["other"].items():
+        pids = ", ".join(map(str, facts.get("pids", []))) or "-"
+        lines.append(f"{key} pool: {facts.get('workers', '?')} workers  pids: {pids}")
     return "\n".join(lines)
 
 

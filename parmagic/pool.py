@@ -92,8 +92,15 @@ def status() -> dict[str, Any]:
     info: dict[str, Any] = {"backend": "loky", "workers": len(pids), "pids": pids}
     info["memory_mb"] = {pid: _rss_mb(pid) for pid in pids}
     info["thread_pool"] = _threads._max_workers if _threads is not None else 0
-    info["other"] = sorted(_extra)
+    info["other"] = {key: _describe(backend) for key, backend in sorted(_extra.items())}
     return info
+
+
+def _describe(backend: Backend) -> dict[str, Any]:
+    try:
+        return backend.describe()
+    except Exception as exc:  # a cluster that went away must not break %parmagic status
+        return {"backend": backend.name, "error": str(exc)}
 
 
 def _rss_mb(pid: int) -> float | None:
