@@ -1313,7 +1313,8 @@ def render(results, cold, bars: Bars, cmdline, repeats, elapsed, args, n) -> str
         "its pool per call (its shared_objects idiom). In bigarg the loky map and mp.Pool pickle "
         "the array with each chunk (their default); joblib memory-maps it (its default). "
         'Worker RSS counts shared pages once per worker. "Other load" is the most CPU that '
-        "processes outside the benchmark used during any one timed call, in cores: where it is "
+        "processes outside the benchmark used during any one timed call of 0.25 s or more "
+        "(/proc counts CPU time in 10 ms ticks; shorter calls show -), in cores: where it is "
         "not near 0 the machine was shared and the parallel rows suffer most. "
         '"Notebook display" rows make parmagic see a Jupyter kernel (widget bar, HTML summary); '
         "the others run in terminal IPython (text progress and summary).",
