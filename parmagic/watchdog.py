@@ -39,7 +39,7 @@ from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .errors import IterationTimeoutError, WorkerDiedError, _short_repr
+from .errors import IterationTimeoutError, UnsendableValueError, WorkerDiedError, _short_repr
 
 #: After --timeout, how long an iteration gets to notice SIGALRM before its worker is killed.
 GRACE_SECONDS = 1.0
@@ -276,8 +276,11 @@ class Watchdog:
                     continue
                 if self.killed.get(entry.who) == entry.k:
                     continue
-                if self.board.read(index) == entry and self.stop_worker(index, entry):
-                    self.killed[entry.who] = entry.k
+                try:
+                    if self.board.read(index) == entry and self.stop_worker(index, entry):
+                        self.killed[entry.who] = entry.k
+                except Exception:  # keep watching the others; this one is retried next round
+                    continue
 
 
 class WorkerStopped(Exception):
@@ -367,6 +370,10 @@ class Supervisor:
                 return [Piece(start, chunk, future.result())]
             if isinstance(exc, BrokenExecutor | WorkerStopped) and slot is not None:
                 return self._recover(exc, start, chunk, slot)
+            if len(chunk) > 1:
+                # the batch failed as a whole (its result could not travel back): run its
+                # iterations one by one, so that the failure lands on the one that causes it
+                return [Piece(start + i, [item]) for i, item in enumerate(chunk)]
             return [Piece(start, chunk, whole_batch_failure(start, chunk, exc))]
         finally:
             if slot is not None:
@@ -514,7 +521,17 @@ def failure_result(k: int, entry: Entry | None, error: BaseException) -> Any:
 
 
 def whole_batch_failure(start: int, chunk: list, exc: BaseException) -> Any:
-    """A batch that failed as a whole (its result could not travel): its first iteration fails."""
+    """A one-iteration batch that failed as a whole: the iteration fails, with ``exc`` explained
+    when what the iteration produced could not be pickled back to the kernel."""
+    if "pickle" in str(exc).lower() and len(chunk) == 1:
+        error = UnsendableValueError(
+            f"iteration {start} (item={_short_repr(chunk[0])}) produced a value that cannot be "
+            f"sent back to the kernel ({type(exc).__name__}: {exc}): a value the body appends, "
+            "assigns or adds to a kernel object must be picklable. Use --backend threads, or "
+            "keep such objects inside the loop body."
+        )
+        error.__cause__ = exc
+        exc = error
     return failure_result(start, None, exc)
 
 

@@ -245,6 +245,22 @@ def test_unsendable_value_is_refused_before_any_task_runs(km: Any, kc: Any, tmp_
     assert_pool_whole(km, kc)
 
 
+def test_unsendable_effect_value_fails_only_its_iteration(km: Any, kc: Any) -> None:
+    code = (
+        "%%parallel -n 2 --no-progress --chunksize 2\n"
+        "r_eff = []\n"
+        "for i in range(6):\n"
+        "    r_eff.append(threading.Lock() if i == 3 else i)\n"
+    )
+    ex = execute(kc, code)
+    error = ex.error()
+    assert error["ename"] == "UnsendableValueError"
+    assert error["evalue"].startswith("iteration 3 (item=3) produced a value that cannot be sent")
+    assert "--backend threads" in error["evalue"]
+    assert value(kc, "r_eff") == [0, 1, 2]
+    assert_pool_whole(km, kc)
+
+
 # --------------------------------------------------------------------------- timeouts
 
 
