@@ -247,11 +247,22 @@ def format_status(info: dict[str, Any]) -> str:
 
 
 def load(ipython: Any) -> None:
-    """Register the magics and warm the default pool in the background."""
+    """Register the magics, warm the default pool in the background, import the display now."""
     ipython.register_magics(ParallelMagics)
+    _import_display()
     options = defaults()
     if options.backend == "loky" and options.n_workers > 1:
         pool.start_in_background(options.n_workers)
+
+
+def _import_display() -> None:
+    """Import the display modules (and ipywidgets in a kernel) now, not in the first cell."""
+    from . import display, summary  # noqa: F401
+
+    if display.environment() == display.KERNEL and display.widgets_available():
+        from . import widgets
+
+        widgets.import_ipywidgets()
 
 
 def unload(ipython: Any) -> None:
