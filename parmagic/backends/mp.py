@@ -200,9 +200,7 @@ class _Relay(Future):
             self.set_result(task.result())
             return
         if isinstance(exc, BrokenProcessPool) and not hasattr(exc, "parmagic_deaths"):
-            exc.parmagic_deaths = {  # type: ignore[attr-defined]
-                p.pid: p.exitcode for p in _processes(self._executor) if p.exitcode is not None
-            }
+            exc.parmagic_deaths = _exit_codes(_processes(self._executor))  # type: ignore[attr-defined]
         self.set_exception(exc)
 
 
@@ -230,6 +228,27 @@ def _main_spec() -> Iterator[None]:
         yield
     finally:
         vars(main).pop("__spec__", None)
+
+
+def _exit_codes(processes: list[multiprocessing.process.BaseProcess]) -> dict[int, int]:
+    """pid -> exit code of the workers that are gone.
+
+    A dead worker's sentinel is ready a moment before the system lets its exit
+    code be read (seen under load), so a gone worker is waited for briefly.
+    """
+    from multiprocessing.connection import wait as wait_for
+
+    try:
+        gone = set(wait_for([p.sentinel for p in processes], timeout=0))
+    except (ValueError, OSError):  # a process object already closed: read what is there
+        gone = set()
+    codes = {}
+    for p in processes:
+        if p.sentinel in gone and p.exitcode is None:
+            p.join(timeout=1.0)
+        if p.exitcode is not None:
+            codes[p.pid] = p.exitcode
+    return codes
 
 
 def _processes(executor: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
