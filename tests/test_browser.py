@@ -5,7 +5,8 @@ config/runtime/settings dirs), opens a notebook with a ``%%parallel`` cell in
 Debian's Chromium through Playwright, runs it, and watches the DOM: the bar
 takes several widths over time, ends full and green, the static summary
 renders below it, and no widget falls back to text or fails. Screenshots go
-to ``artifacts/screenshots/`` and are copied to ``docs/img/`` for the README.
+to ``artifacts/screenshots/``; with ``PARMAGIC_README_SHOTS=1`` they are also copied
+to ``docs/img/`` for the README (so ordinary runs leave the checkout clean).
 
 Skips where Chromium or Playwright is missing, except under CI (``CI`` set),
 where a missing browser is a failure.
@@ -265,9 +266,10 @@ def distinct_widths(records: list[dict]) -> list[tuple[float, float]]:
 
 def save_shot(locator, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
     locator.screenshot(path=str(SHOTS / name))
-    shutil.copyfile(SHOTS / name, DOC_IMAGES / name)
+    if os.environ.get("PARMAGIC_README_SHOTS"):
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHOTS / name, DOC_IMAGES / name)
 
 
 def test_parallel_cell_shows_live_bar_then_summary(browser, lab):
