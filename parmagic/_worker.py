@@ -149,7 +149,8 @@ class BatchResult:
     ran: int  # iterations attempted (ran to the end or failed)
     pid: int
     effects: list[tuple[int, tuple]] = field(default_factory=list)  # (effect id, values), in order
-    outputs: list[tuple[int, str, str]] = field(default_factory=list)  # (k, stream, text)
+    # (k, stream, text, effects recorded before it)
+    outputs: list[tuple[int, str, str, int]] = field(default_factory=list)
     marks: list[float] = field(default_factory=list)  # perf_counter() as each iteration starts
     end: float = 0.0  # perf_counter() when the last iteration ended
     wall0: float = field(default_factory=lambda: time.time() - time.perf_counter())  # perf -> wall
@@ -204,12 +205,14 @@ class _Capture(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        outputs = self._state.result.outputs
-        k = self._state.current
-        if outputs and outputs[-1][0] == k and outputs[-1][1] == self._stream:
-            outputs[-1] = (k, self._stream, outputs[-1][2] + text)
+        result = self._state.result
+        outputs, k, n = result.outputs, self._state.current, len(result.effects)
+        # n: effects recorded before this write, so the kernel interleaves them exactly
+        last = outputs[-1] if outputs else None
+        if last is not None and last[0] == k and last[1] == self._stream and last[3] == n:
+            outputs[-1] = (k, self._stream, last[2] + text, n)
         else:
-            outputs.append((k, self._stream, text))
+            outputs.append((k, self._stream, text, n))
         return len(text)
 
 

@@ -332,11 +332,15 @@ def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: Ru
     order is replaying them in iteration order.
     """
     __tracebackhide__ = True
-    _replay(run, result.effects)
     outputs: dict[int, str] = {}
-    for k, stream, text in result.outputs:
+    applied = 0
+    for k, stream, text, before in result.outputs:
+        if before > applied:  # effects made before this output, in the worker's order
+            _replay(run, result.effects[applied:before])
+            applied = before
         listener.on_output(k, stream, text)
         outputs[k] = outputs.get(k, "") + text
+    _replay(run, result.effects[applied:] if applied else result.effects)
     task = TaskRecord(
         index=result.start,
         count=result.ran,

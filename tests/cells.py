@@ -15,6 +15,10 @@ def slow_add(a, b):
 def slow_subtract(a, b):
     time.sleep(0.01)
     return a - b
+class Logger:
+    def info(self, x):
+        print("log", x)
+log = Logger()
 class Box:
     def __init__(self):
         self.items = []

@@ -65,9 +65,12 @@ def test_plain_python_environment(monkeypatch):
     assert isinstance(make_listener(), TextListener)
 
 
-def test_imported_but_inactive_ipython_is_plain_python():
+def test_imported_but_inactive_ipython_is_plain_python(monkeypatch):
     import IPython  # noqa: F401  (imported, but no shell is running)
+    from IPython.core.interactiveshell import InteractiveShell
 
+    # an earlier test module may have left an in-process shell behind
+    monkeypatch.setattr(InteractiveShell, "_instance", None)
     assert environment() == "python"
 
 
