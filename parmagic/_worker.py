@@ -216,6 +216,10 @@ class _Capture(io.TextIOBase):
         return len(text)
 
 
+class _ThreadTimeout(Exception):
+    """Raised asynchronously in a worker thread whose iteration ran past ``--timeout``."""
+
+
 class _BatchState:
     """Per-batch bookkeeping the compiled body calls into (``mark``, ``record``)."""
 
@@ -328,9 +332,17 @@ def run_batch(
     old_alarm = signal.signal(signal.SIGALRM, state.on_alarm) if state.timeout else None
     main = threading.current_thread() is threading.main_thread()
     old_int = signal.signal(signal.SIGINT, state.on_sigint) if main and not in_kernel else None
+    # no SIGALRM off the main thread, and no kernel watchdog without a slot (dask): watch here
+    alarm = (
+        _ThreadAlarm(state, payload.timeout)
+        if payload.timeout and not main and slot is None
+        else None
+    )
     try:
         _run_items(payload, fn, state, start, items)
     finally:
+        if alarm is not None:
+            alarm.stop()
         if state.timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old_alarm)
@@ -348,6 +360,54 @@ def run_batch(
     return result
 
 
+class _ThreadAlarm:
+    """``--timeout`` for a batch in a worker thread (dask): a watcher raises in that thread.
+
+    Python code stops at the limit; a ``time.sleep`` or C call stops when it returns.
+    """
+
+    def __init__(self, state: _BatchState, timeout: float):
+        self.state, self.timeout = state, timeout
+        self.ident = threading.get_ident()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="parmagic-timeout", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        fired_for = None
+        while not self.done.wait(min(0.05, self.timeout / 4)):
+            marks = self.state.result.marks
+            k = self.state.current
+            if marks and k != fired_for and time.perf_counter() - marks[-1] > self.timeout:
+                fired_for = k
+                _raise_in_thread(self.ident, _ThreadTimeout)
+
+    def stop(self) -> None:
+        """The batch ended: stop watching, and drop an exception not yet delivered."""
+        self.done.set()
+        self.thread.join()
+        _raise_in_thread(self.ident, None)
+
+
+def _raise_in_thread(ident: int, exc_type: Any) -> None:
+    import ctypes
+
+    exc = ctypes.py_object(exc_type) if exc_type is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), exc)
+
+
+def _timeout_error(exc: BaseException, state: _BatchState, timeout: float | None) -> BaseException:
+    """An asynchronous timeout arrives bare: give it the message SIGALRM's has."""
+    if not isinstance(exc, _ThreadTimeout):
+        return exc
+    from .errors import IterationTimeoutError, _short_repr
+
+    k = state.current
+    item = f" (item={_short_repr(state.items[k - state.start])})" if state.items else ""
+    error = IterationTimeoutError(f"iteration {k}{item} ran longer than --timeout {timeout:g} s")
+    return error.with_traceback(exc.__traceback__)
+
+
 def _usable_timeout(timeout: float | None) -> float | None:
     # SIGALRM only works in a process's main thread; other callers rely on the kernel's watchdog.
     if timeout and threading.current_thread() is threading.main_thread():
@@ -363,10 +423,11 @@ def _run_items(payload: Payload, fn: Any, state: _BatchState, start: int, items:
             state.close()
             state.result.locals.update(_user_locals(local_ns))
             return
-        except BaseException as exc:  # noqa: B036 - a worker must report everything
+        except BaseException as raised:  # noqa: B036 - a worker must report everything
             state.close()
             k = state.current
-            state.result.locals.update(_user_locals(_failing_frame_locals(exc, fn)))
+            exc = _timeout_error(raised, state, payload.timeout)
+            state.result.locals.update(_user_locals(_failing_frame_locals(raised, fn)))
             state.result.errors.append((k, exc, _format_traceback(exc, payload.filename)))
             if isinstance(exc, KeyboardInterrupt) or not payload.collect:
                 return

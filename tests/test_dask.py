@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+import parmagic
+
 from .shell import fresh, run, shell, snapshot
 
 distributed = pytest.importorskip("distributed")
@@ -253,6 +255,27 @@ def test_failing_iteration_commits_the_prefix_and_raises_its_error(
     result, _, _ = run(ip, cell, capsys)
     assert isinstance(result.error_in_exec, ZeroDivisionError)
     assert ip.user_ns["out"] == [3, 5, 10]
+
+
+def test_timeout_fails_only_the_slow_iteration(
+    cluster: Cluster, capsys: pytest.CaptureFixture
+) -> None:
+    """--timeout on dask: a worker thread past the limit fails that iteration, as on loky."""
+    ip = shell()
+    fresh(ip, SETUP, capsys)
+    cell = (
+        f"%%parallel --backend dask --scheduler {cluster.address} --no-progress --chunksize 1"
+        " --timeout 0.5 --on-error collect\n"
+        "out = []\nfor i in range(5):\n    if i == 2:\n        while True:\n            pass\n"
+        "    out.append(i)\n"
+    )
+    result, _, err = run(ip, cell, capsys)
+    exc = result.error_in_exec
+    assert isinstance(exc, parmagic.CollectedErrors), err
+    [(index, item, error)] = exc.failures
+    assert (index, item) == (2, 2) and isinstance(error, parmagic.IterationTimeoutError)
+    assert "iteration 2" in str(error) and "--timeout 0.5" in str(error)
+    assert ip.user_ns["out"] == [0, 1, 3, 4]
 
 
 def test_unpicklable_captured_value_is_named(
