@@ -398,9 +398,11 @@ def _raise_in_thread(ident: int, exc_type: Any) -> None:
 
 def _timeout_error(exc: BaseException, state: _BatchState, timeout: float | None) -> BaseException:
     """An asynchronous timeout arrives bare: give it the message SIGALRM's has."""
-    if not isinstance(exc, _ThreadTimeout):
-        return exc
     from .errors import IterationTimeoutError, _short_repr
+
+    bare = isinstance(exc, IterationTimeoutError) and not exc.args
+    if not (isinstance(exc, _ThreadTimeout) or bare):
+        return exc
 
     k = state.current
     item = f" (item={_short_repr(state.items[k - state.start])})" if state.items else ""

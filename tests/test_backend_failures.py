@@ -1,0 +1,78 @@
+"""The failure semantics of SPEC §4 on every local backend (dask: tests/test_dask.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+import parmagic
+
+from .shell import fresh, run, shell
+
+BACKENDS = ["loky", "threads", "multiprocessing", "serial"]
+
+
+def magic(backend: str, extra: str = "") -> str:
+    return f"%%parallel -n 2 --no-progress --chunksize 1 --backend {backend} {extra}\n"
+
+
+@pytest.fixture
+def ip(capsys: pytest.CaptureFixture):
+    ip = shell()
+    fresh(ip, "import time", capsys)
+    return ip
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_error_commits_the_prefix_and_raises_the_original_exception(
+    ip, capsys, backend: str
+) -> None:
+    cell = (
+        magic(backend)
+        + "out = []\nfor i in range(6):\n    print('it', i)\n    out.append(10 // (3 - i))\n"
+    )
+    result, out, _ = run(ip, cell, capsys)
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+    assert ip.user_ns["out"] == [3, 5, 10]
+    printed = [line for line in out.splitlines() if line.startswith("it ")]
+    assert printed == ["it 0", "it 1", "it 2", "it 3"]  # as the serial loop prints
+    assert ip.user_ns["i"] == 3
+    statuses = [it.status for it in parmagic.last_run().iterations]
+    assert statuses[:4] == ["done", "done", "done", "failed"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_collect_commits_every_success_and_lists_failures(ip, capsys, backend: str) -> None:
+    cell = (
+        magic(backend, "--on-error collect")
+        + "out = []\nfor i in range(6):\n    out.append(10 // (i % 3))\n"
+    )
+    result, _, _ = run(ip, cell, capsys)
+    exc = result.error_in_exec
+    assert isinstance(exc, parmagic.CollectedErrors)
+    assert [(k, item, type(e)) for k, item, e in exc.failures] == [
+        (0, 0, ZeroDivisionError),
+        (3, 3, ZeroDivisionError),
+    ]
+    assert ip.user_ns["out"] == [10, 5, 10, 5]
+    assert "iteration 0 (item=0): ZeroDivisionError" in str(exc)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_timeout_fails_the_slow_iteration_and_keeps_the_rest(ip, capsys, backend: str) -> None:
+    cell = magic(backend, "--timeout 0.5 --on-error collect") + (
+        "out = []\nfor i in range(4):\n    if i == 1:\n        t = time.monotonic()\n"
+        "        while time.monotonic() - t < 30:\n            pass\n    out.append(i)\n"
+    )
+    result, _, _ = run(ip, cell, capsys)
+    exc = result.error_in_exec
+    assert isinstance(exc, parmagic.CollectedErrors)
+    [(k, _, error)] = exc.failures
+    assert (
+        k == 1 and isinstance(error, parmagic.IterationTimeoutError) and "iteration 1" in str(error)
+    )
+    assert ip.user_ns["out"] == [0, 2, 3]
+    again, _, err = run(
+        ip, magic(backend) + "ok = []\nfor i in range(3):\n    ok.append(i)\n", capsys
+    )
+    assert again.success, err
+    assert ip.user_ns["ok"] == [0, 1, 2]
