@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import marshal
-import os
 import re
 import sys
 import time
@@ -76,7 +75,6 @@ class LoopRun:
     pickled_locals: bool = True  # locals come back as cloudpickle bytes (process backends)
     failures: list[tuple[int, Any, BaseException]] = field(default_factory=list)
     first_error: tuple[int, BaseException, str] | None = None
-    items: dict[int, Any] = field(default_factory=dict)  # item of each in-flight iteration
 
 
 def run_plan(
@@ -244,8 +242,8 @@ class _Batcher:
             mean = max(0.0, result.end - result.marks[0]) / len(result.marks)
             self.per_item = mean if self.per_item is None else 0.5 * (self.per_item + mean)
 
-    def next_size(self, submitted: int) -> int:
-        """Size of the next batch, given how many iterations were submitted so far."""
+    def next_size(self) -> int:
+        """Size of the next batch."""
         if self.fixed:
             return self.fixed
         if self.per_item is None:
@@ -279,7 +277,7 @@ def _drive(
                 if retry:
                     start, chunk = retry.pop(0)
                 else:
-                    chunk = list(itertools.islice(items, batcher.next_size(submitted)))
+                    chunk = list(itertools.islice(items, batcher.next_size()))
                     if not chunk:
                         exhausted = True
                         break
@@ -523,8 +521,3 @@ def _bind_locals(run: LoopRun, namespace: dict[str, Any]) -> None:
         namespace.update({k: cloudpickle.loads(v) for k, v in run.final_locals.items()})
     else:
         namespace.update(run.final_locals)
-
-
-def pid() -> int:
-    """The kernel's pid (workers of in-kernel backends report it)."""
-    return os.getpid()
