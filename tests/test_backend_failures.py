@@ -76,3 +76,23 @@ def test_timeout_fails_the_slow_iteration_and_keeps_the_rest(ip, capsys, backend
     )
     assert again.success, err
     assert ip.user_ns["ok"] == [0, 1, 2]
+
+
+def test_n_1_runs_in_the_kernel_so_debug_reaches_the_cell_frame(ip, capsys) -> None:
+    """-n 1: the failing iteration's own frame is in the traceback %debug walks."""
+    import os
+    import sys
+
+    cell = "%%parallel -n 1 --no-progress\nout = []\nfor i in range(5):\n    out.append(os.getpid())\n    x = 1 / (i - 2)\n"
+    run(ip, "import os", capsys)
+    result, _, _ = run(ip, cell, capsys)
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+    assert set(ip.user_ns["out"]) == {os.getpid()}
+    tb, frames = sys.last_traceback, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    cell_frames = [
+        f for f in frames if "i" in f.f_locals and f.f_code.co_filename.startswith(("<", "/"))
+    ]
+    assert any(f.f_locals.get("i") == 2 for f in cell_frames)
