@@ -305,13 +305,19 @@ class RoutingStream:
 
 
 def run_batch(
-    ref: PayloadRef, start: int, items: list, slot: BoardSlot | None = None
+    ref: PayloadRef,
+    start: int,
+    items: list,
+    slot: BoardSlot | None = None,
+    stop_at_effect: int | None = None,
 ) -> BatchResult:
     """Run the loop body for ``items`` (iterations ``start``, ``start+1``, ...).
 
     With a status-board ``slot`` the worker says what it runs (per iteration when
     the kernel needs to know exactly: ``--timeout``, or a batch whose worker died),
     and a batch the kernel has given up on returns at once with ``ran == 0``.
+    ``stop_at_effect=j`` runs the batch again only to return the locals as they are
+    when its j-th effect statement runs (that effect failed in the kernel).
     """
     if slot is not None:
         if slot.cancelled():
@@ -321,6 +327,8 @@ def run_batch(
     result = BatchResult(start=start, ran=0, pid=os.getpid())
     track = slot is not None and (slot.tracked or bool(payload.timeout))
     state = _BatchState(result, _usable_timeout(payload.timeout), slot, track, items)
+    if stop_at_effect is not None:
+        state.record = _stop_at(stop_at_effect)
     if slot is not None and not track:
         slot.write(start, start, RUNNING if len(items) == 1 else BATCH)
     old_out, old_err = sys.stdout, sys.stderr
@@ -427,6 +435,9 @@ def _run_items(payload: Payload, fn: Any, state: _BatchState, start: int, items:
             return
         except BaseException as raised:  # noqa: B036 - a worker must report everything
             state.close()
+            if isinstance(raised, _StopAtEffect):
+                state.result.locals.update(_user_locals(_failing_frame_locals(raised, fn)))
+                return
             k = state.current
             exc = _timeout_error(raised, state, payload.timeout)
             state.result.locals.update(_user_locals(_failing_frame_locals(raised, fn)))
@@ -434,6 +445,21 @@ def _run_items(payload: Payload, fn: Any, state: _BatchState, start: int, items:
             if isinstance(exc, KeyboardInterrupt) or not payload.collect:
                 return
             pos = k - start + 1
+
+
+class _StopAtEffect(Exception):
+    """The probe reached the effect that failed in the kernel."""
+
+
+def _stop_at(j: int) -> Any:
+    count = [0]
+
+    def record(_: Any) -> None:
+        if count[0] == j:
+            raise _StopAtEffect
+        count[0] += 1
+
+    return record
 
 
 def _user_locals(ns: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ TARGET_BATCH_SECONDS = 0.05
 IN_FLIGHT_PER_WORKER = 2
 #: Each worker gets at least this many batches of a sized iterable, so the end is even.
 MIN_BATCHES_PER_WORKER = 4
+#: How long rerunning a batch for the locals at a failed kernel-side effect may take.
+PROBE_SECONDS = 30
 #: How long the engine waits for a result before it refreshes progress anyway.
 POLL_SECONDS = 0.1
 #: Stop button: how long running batches get to hand back what they finished before
@@ -73,6 +75,7 @@ class LoopRun:
     final_locals: dict[str, Any] = field(default_factory=dict)
     collect: bool = False  # --on-error collect
     pickled_locals: bool = True  # locals come back as cloudpickle bytes (process backends)
+    probe: Any = None  # (start, chunk, effect index) -> BatchResult: reruns a batch for its locals
     failures: list[tuple[int, Any, BaseException]] = field(default_factory=list)
     first_error: tuple[int, BaseException, str] | None = None
 
@@ -140,6 +143,9 @@ def run_loop(
     payload = _payload(step, namespace, options, backend, filename, source)
     ref = backend.publish(payload)
     supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
+    run.probe = lambda start, chunk, j: backend.submit(
+        _worker.run_batch, ref, start, chunk, None, j
+    ).result(timeout=PROBE_SECONDS)
     try:
         run.record.startup = time.perf_counter() - started
         listener.on_start(run.record)
@@ -332,13 +338,17 @@ def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: Ru
     __tracebackhide__ = True
     outputs: dict[int, str] = {}
     applied = 0
-    for k, stream, text, before in result.outputs:
-        if before > applied:  # effects made before this output, in the worker's order
-            _replay(run, result.effects[applied:before])
-            applied = before
-        listener.on_output(k, stream, text)
-        outputs[k] = outputs.get(k, "") + text
-    _replay(run, result.effects[applied:] if applied else result.effects)
+    try:
+        for k, stream, text, before in result.outputs:
+            if before > applied:  # effects made before this output, in the worker's order
+                _replay(run, result.effects[applied:before], applied)
+                applied = before
+            listener.on_output(k, stream, text)
+            outputs[k] = outputs.get(k, "") + text
+        _replay(run, result.effects[applied:] if applied else result.effects, applied)
+    except Exception as exc:
+        _locals_at_failed_effect(run, result, chunk, exc)
+        raise
     task = TaskRecord(
         index=result.start,
         count=result.ran,
@@ -357,20 +367,44 @@ def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: Ru
     return run.first_error is not None and not run.collect
 
 
-def _replay(run: LoopRun, effects: list) -> None:
-    """Apply effect records in order (a loop with one effect site records bare values)."""
+def _replay(run: LoopRun, effects: list, offset: int = 0) -> None:
+    """Apply effect records in order (a loop with one effect site records bare values).
+
+    An effect that raises is marked with its index in the batch (``offset`` + position).
+    """
     __tracebackhide__ = True
     replay = run.replay
-    if len(replay) == 1:
-        if run.step.kind == "list":  # a comprehension: the values are the elements
-            run.accumulator.extend([values[0] for values in effects])
-            return
-        only = replay[0]
-        for values in effects:
-            only(values)
+    if len(replay) == 1 and run.step.kind == "list":  # a comprehension: values are elements
+        run.accumulator.extend([values[0] for values in effects])
         return
-    for eid, values in effects:
-        replay[eid](values)
+    j = 0
+    try:
+        if len(replay) == 1:
+            only = replay[0]
+            for j, values in enumerate(effects):  # noqa: B007 - j names the failing effect
+                only(values)
+        else:
+            for j, (eid, values) in enumerate(effects):  # noqa: B007
+                replay[eid](values)
+    except Exception as exc:
+        exc._parmagic_effect = offset + j  # type: ignore[attr-defined]
+        raise
+
+
+def _locals_at_failed_effect(run: LoopRun, result: Any, chunk: list, exc: BaseException) -> None:
+    """An effect failed in the kernel: get the locals the serial loop had at that statement.
+
+    The batch runs again (in a worker, effects not applied) up to that effect and
+    hands back its frame's locals; the loop's locals then end as serial ones would.
+    """
+    j = getattr(exc, "_parmagic_effect", None)
+    if j is None or run.probe is None or not run.step.bind_locals:
+        return
+    try:
+        probe = run.probe(result.start, chunk, j)
+    except Exception:  # the probe is a nicety: the real error is raised all the same
+        return
+    run.final_locals.update(probe.locals)
 
 
 def _note_failure(run: LoopRun, k: int, item: Any, exc: BaseException, tb: str) -> None:

@@ -96,3 +96,22 @@ def test_n_1_runs_in_the_kernel_so_debug_reaches_the_cell_frame(ip, capsys) -> N
         f for f in frames if "i" in f.f_locals and f.f_code.co_filename.startswith(("<", "/"))
     ]
     assert any(f.f_locals.get("i") == 2 for f in cell_frames)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_effect_failing_in_the_kernel_leaves_the_serial_locals(ip, capsys, backend: str) -> None:
+    """`counts[key] += 1` with a missing key fails in the kernel, mid-batch: as in plain Python."""
+    body = (
+        "counts = {'a': 0}\nseen = []\nfor i in range(10):\n    v = i * 2\n    seen.append(v)\n"
+        "    key = 'a' if i != 6 else 'b'\n    print('at', i)\n    counts[key] += 1\n    after = i\n"
+    )
+    plain, plain_out, _ = run(ip, body, capsys)
+    expected = {n: ip.user_ns[n] for n in ("counts", "seen", "i", "v", "key", "after")}
+    fresh(ip, "import time", capsys)
+    par, par_out, _ = run(
+        ip, f"%%parallel -n 2 --no-progress --chunksize 10 --backend {backend}\n" + body, capsys
+    )
+    assert isinstance(par.error_in_exec, KeyError) and isinstance(plain.error_in_exec, KeyError)
+    assert {n: ip.user_ns[n] for n in expected} == expected  # i == 6, v == 12, after == 5
+    at = [line for line in par_out.splitlines() if line.startswith("at ")]
+    assert at == [line for line in plain_out.splitlines() if line.startswith("at ")]
