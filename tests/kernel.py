@@ -43,7 +43,11 @@ class Execution:
 
 def execute(kc: Any, code: str, timeout: float = 120) -> Execution:
     """Run ``code``; collect its iopub messages (with arrival times) until the kernel is idle."""
-    msg_id = kc.execute(code)
+    return collect(kc, kc.execute(code), timeout)
+
+
+def collect(kc: Any, msg_id: str, timeout: float = 120) -> Execution:
+    """Gather the iopub messages and the reply of request ``msg_id`` (sent already)."""
     execution = Execution(reply={})
     deadline = time.monotonic() + timeout
     while True:
@@ -53,7 +57,7 @@ def execute(kc: Any, code: str, timeout: float = 120) -> Execution:
         execution.messages.append((time.monotonic(), msg))
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             break
-    while True:
+    while True:  # the reply to this request, not a stray one from an earlier cell
         reply = kc.get_shell_msg(timeout=timeout)
         if reply["parent_header"].get("msg_id") == msg_id:
             execution.reply = reply

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from .kernel import Execution, execute, kernel, value
+from .kernel import Execution, collect, execute, kernel, value
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -69,24 +69,6 @@ def km(kernel_pair: tuple[Any, Any]) -> Any:
 def start(kc: Any, code: str) -> str:
     """Send ``code`` for execution without waiting; return the request id."""
     return kc.execute(code)
-
-
-def collect(kc: Any, msg_id: str, timeout: float = 120) -> Execution:
-    """Gather the iopub messages and the reply of request ``msg_id``."""
-    execution = Execution(reply={})
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        execution.messages.append((time.monotonic(), msg))
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-    while True:
-        reply = kc.get_shell_msg(timeout=timeout)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            execution.reply = reply
-            return execution
 
 
 def when_written(path: Path, then: Callable[[str], Any], timeout: float = 60) -> Any:
