@@ -12,7 +12,7 @@ from typing import Any
 
 from . import engine, pool
 from .options import Options
-from .rewrite import CellPlan, KernelStep
+from .rewrite import CellPlan
 
 
 def run_plan_compared(
@@ -25,20 +25,17 @@ def run_plan_compared(
 ) -> Any:
     """Run the plan like ``engine.run_plan``; before each loop, its timing runs."""
     __tracebackhide__ = True
-    value = None
-    engine._runs.clear()
-    for step in plan.steps:
-        if isinstance(step, KernelStep):
-            exec(step.code, namespace)
-            continue
+
+    def timed_loop(step: Any, *args: Any) -> Any:
+        __tracebackhide__ = True
         timings = _timing_runs(step, namespace, options, filename, source)
-        value = engine.run_loop(
-            step, namespace, options, pool.get_backend, listener_factory, filename, source
-        )
+        value = engine.run_loop(step, *args)
         _show(timings, engine.last_run(), options)
-    if plan.last_expr is not None:
-        value = eval(plan.last_expr, namespace)
-    return value
+        return value
+
+    return engine.run_plan(
+        plan, namespace, options, pool.get_backend, listener_factory, filename, source, timed_loop
+    )
 
 
 def _timing_runs(step: Any, namespace: dict, options: Options, filename: str, source: str) -> dict:

@@ -88,16 +88,22 @@ def run_plan(
     listener_factory: Any = None,
     filename: str = "<cell>",
     source: str = "",
+    loop_runner: Any = None,
 ) -> Any:
-    """Run every step of ``plan`` against ``namespace``; return the last expression's value."""
+    """Run every step of ``plan`` against ``namespace``; return the last expression's value.
+
+    ``loop_runner`` (default :func:`run_loop`, same arguments) runs each loop step:
+    ``--compare`` wraps it with its timing runs.
+    """
     __tracebackhide__ = True
     _runs.clear()
+    run_step = loop_runner or run_loop
     value = None
     for step in plan.steps:
         if isinstance(step, KernelStep):
             exec(step.code, namespace)
             continue
-        value = run_loop(
+        value = run_step(
             step, namespace, options, backend_factory, listener_factory, filename, source
         )
     if plan.last_expr is not None:

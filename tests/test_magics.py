@@ -169,3 +169,19 @@ def test_unload_extension_shuts_the_pool(capsys) -> None:
     run(ip, "%unload_ext parmagic", capsys)
     assert parmagic.status()["pids"] == []
     run(ip, "%load_ext parmagic", capsys)
+
+
+def test_compare_and_sweep_apply_effects_once_and_show_timings(ip, capsys) -> None:
+    cell = (
+        "%%parallel -n 2 --no-progress --compare --sweep 1,2\n"
+        "out, total = [], 0\nfor i in range(6):\n    print('it', i)\n    out.append(sq(i))\n    total += i\n"
+        "out[-1]\n"
+    )
+    result, out, err = run(ip, cell, capsys)
+    assert result.success, err
+    assert ip.user_ns["out"] == [0, 1, 4, 9, 16, 25] and ip.user_ns["total"] == 15
+    assert result.result == 25
+    assert [line for line in out.splitlines() if line.startswith("it ")] == [
+        f"it {i}" for i in range(6)
+    ]
+    assert "serial" in err and "speedup" in err  # the comparison and the sweep, as text
