@@ -2,16 +2,24 @@
 
 The only module that imports ipywidgets, and only when a bar is built (as
 tqdm's notebook view does), with an error that says what to install. Each run
-(loop) gets one bar: an ``IntProgress`` and an ``HTML`` label in an ``HBox``,
-redrawn at most ~10 times a second whatever the task rate. Iteration output
-is written to the cell's own stdout/stderr streams in iteration order (so a
-saved notebook keeps it without widget state), and at the end the static
-:class:`~parmagic.summary.Summary` is displayed below the bar.
+(loop) gets one widget: an ``IntProgress`` whose description carries the
+loop's name and its live status (done/total, elapsed, ETA, busy workers,
+failures), redrawn at most ~10 times a second whatever the task rate.
+
+A bar must cost nothing a user can measure, even on a loop of a few
+milliseconds. Widgets are expensive to make (traitlets and one comm per
+model), so a bar is a single widget rather than tqdm's bar and labels in a
+box, its layout and style models are made once per kernel and shared
+(ipywidgets allows it), and each redraw is one message.
+
+Iteration output is written to the cell's own stdout/stderr streams in
+iteration order (so a saved notebook keeps it without widget state), and at
+the end the static :class:`~parmagic.summary.Summary` is displayed below the bar.
 """
 
 from __future__ import annotations
 
-import html
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +57,59 @@ def _ipython_display(obj: Any, raw: bool = False) -> None:
     display(obj, raw=raw)
 
 
+@functools.cache
+def bar_widget() -> type:
+    """The widget class of a bar: the frontend's ``IntProgress`` model, lean.
+
+    ``ipywidgets.IntProgress`` carries 19 synced traits and validates its
+    bounds against each other; making one and sending it costs more than a
+    loop of a few milliseconds may spend on its bar. This ``Widget`` uses the
+    same frontend model and view (``IntProgressModel``/``ProgressView``) with
+    only the traits a bar sets: the frontend fills in the rest from its
+    defaults. Being an ``ipywidgets.Widget``, it answers state requests (a
+    page reload) and closes like any other widget.
+    """
+    widgets = import_ipywidgets()
+    from ipywidgets._version import __jupyter_widgets_controls_version__ as version
+    from ipywidgets.widgets.trait_types import InstanceDict
+    from ipywidgets.widgets.widget import widget_serialization
+    from ipywidgets.widgets.widget_int import ProgressStyle
+    from traitlets import CInt, Unicode
+
+    controls = "@jupyter-widgets/controls"
+
+    class LoopBar(widgets.Widget):
+        """A progress bar (``IntProgressModel``) with parmagic's few traits."""
+
+        _model_module = Unicode(controls).tag(sync=True)
+        _model_module_version = Unicode(version).tag(sync=True)
+        _model_name = Unicode("IntProgressModel").tag(sync=True)
+        _view_module = Unicode(controls).tag(sync=True)
+        _view_module_version = Unicode(version).tag(sync=True)
+        _view_name = Unicode("ProgressView").tag(sync=True)
+        value = CInt(0).tag(sync=True)
+        min = CInt(0).tag(sync=True)
+        max = CInt(100).tag(sync=True)
+        description = Unicode("").tag(sync=True)
+        bar_style = Unicode("").tag(sync=True)
+        style = InstanceDict(ProgressStyle).tag(sync=True, **widget_serialization)
+        layout = InstanceDict(widgets.Layout).tag(sync=True, **widget_serialization)
+
+    return LoopBar
+
+
+#: Layout and style models shared by every bar, made on first use (see ``_shared``).
+_SHARED: dict[str, Any] = {}
+
+
+def _shared(name: str, make: Callable[[], Any]) -> Any:
+    """The shared model ``name``; made again if it was closed (``Widget.close_all()``)."""
+    model = _SHARED.get(name)
+    if model is None or model.comm is None:
+        model = _SHARED[name] = make()
+    return model
+
+
 def plain_heading(label: str, total: int | None) -> str:
     """The bar's ``text/plain``: fixed when displayed, so saved notebooks compare equal."""
     size = f"{total} iterations" if total is not None else "iterations without a known total"
@@ -56,50 +117,57 @@ def plain_heading(label: str, total: int | None) -> str:
 
 
 class ProgressBar:
-    """One bar: ``IntProgress`` + ``HTML`` label in an ``HBox``; built without being shown."""
+    """One bar: an ``IntProgress`` with the loop's status as its description; not yet shown."""
 
     def __init__(self, total: int | None, label: str = "") -> None:
-        """Build the widgets for a run of ``total`` iterations (None: unknown)."""
+        """Build the widget for a run of ``total`` iterations (None: unknown)."""
         widgets = import_ipywidgets()
+        from ipywidgets.widgets.widget_int import ProgressStyle
+
         known = total is not None
         self.total = total
+        self.name = loop_name(label) if label else ""
         self.heading = plain_heading(label, total)
-        # Without a total the bar stays full in "info" style and the label counts (as tqdm).
-        self.bar = widgets.IntProgress(
+        self.status = f"0/{total} · starting" if known else "0 done · starting"
+        # Without a total the bar stays full in "info" style and the text counts (as tqdm).
+        self.bar = bar_widget()(
             value=0 if known else 1,
             min=0,
             max=max(total, 1) if known else 1,
-            description=loop_name(label) if label else "",
+            description=self._description(),
             bar_style="" if known else "info",
-            style={"description_width": "initial"},
-            layout={"width": "40%", "min_width": "240px"},
+            style=_shared("style", lambda: ProgressStyle(description_width="initial")),
+            layout=_shared("layout", lambda: widgets.Layout(width="100%", max_width="72em")),
         )
-        self.label = widgets.HTML(value=html.escape(self._start_text()))
-        self.box = widgets.HBox([self.bar, self.label])
 
-    def _start_text(self) -> str:
-        """The label before the first redraw (deterministic)."""
-        return f"0/{self.total} · starting" if self.total is not None else "0 done · starting"
+    def _description(self) -> str:
+        """What the bar says left of itself: the loop's name and its status."""
+        return f"{self.name}: {self.status}" if self.name else self.status
 
     def mimebundle(self) -> dict[str, Any]:
-        """The widget view bundle, with :func:`plain_heading` as its ``text/plain``."""
-        data = dict(self.box._repr_mimebundle_())
-        data["text/plain"] = self.heading
-        return data
+        """The widget view bundle, with :func:`plain_heading` as its ``text/plain``.
+
+        Built here rather than by ``_repr_mimebundle_``, whose ``repr`` of the
+        widget we would throw away and which costs as much as the widget.
+        """
+        return {WIDGET_VIEW_MIME: self.bar.get_view_spec(), "text/plain": self.heading}
 
     def update(self, progress: Progress) -> None:
-        """Redraw from ``progress`` (unchanged traits send nothing)."""
-        if self.total is not None:
-            self.bar.value = min(progress.completed, self.bar.max)
-        self.label.value = html.escape(progress.describe())
+        """Redraw from ``progress``: one message (unchanged traits send nothing)."""
+        self.status = progress.describe()
+        with self.bar.hold_sync():
+            if self.total is not None:
+                self.bar.value = min(progress.completed, self.bar.max)
+            self.bar.description = self._description()
 
     def finish(self, progress: Progress, outcome: str) -> None:
-        """Final state: value, label and the outcome's bar style."""
-        if self.total is None:
-            self.bar.max = max(progress.completed, 1)
-            self.bar.value = progress.completed
-        self.update(progress)
-        self.bar.bar_style = OUTCOME_STYLES.get(outcome, "")
+        """Final state: value, text and the outcome's bar style, in one message."""
+        with self.bar.hold_sync():
+            if self.total is None:
+                self.bar.max = max(progress.completed, 1)
+                self.bar.value = progress.completed
+            self.update(progress)
+            self.bar.bar_style = OUTCOME_STYLES.get(outcome, "")
 
 
 class WidgetListener:
@@ -128,7 +196,8 @@ class WidgetListener:
     def on_start(self, record: RunRecord) -> None:
         """Build and show a fresh bar for this run."""
         self.progress = Progress.for_record(record, clock=self.clock)
-        self.throttle = Throttle()
+        # the new bar shows its start; the first redraw waits one interval
+        self.throttle = Throttle(last=self.progress.started)
         self.view = ProgressBar(record.total, self.label or record.label)
         self.display(self.view.mimebundle(), raw=True)
 

@@ -305,7 +305,7 @@ def test_parallel_cell_shows_live_bar_then_summary(browser, lab):
     assert len({w for w in seen if 0 < w < 100}) >= 4, seen
     assert (widths[-1][0] - widths[0][0]) / 1000 > 1.0, widths  # spread over the run: live
 
-    assert "24/24" in loop_cell.locator(".widget-hbox").inner_text()
+    assert "for i in range(24): 24/24 · " in loop_cell.locator(".widget-hprogress").inner_text()
     assert summary.locator("svg text", has_text="pid ").count() == 2  # a timeline row per worker
     assert summary.locator("svg rect").count() >= 2
     assert "speedup" in summary.inner_text()

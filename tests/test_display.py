@@ -134,7 +134,7 @@ def test_start_displays_one_bar():
     assert len(shown.shown) == 1
     assert WIDGET_VIEW_MIME in shown.shown[0]
     assert listener.view.bar.max == 16 and listener.view.bar.value == 0
-    assert listener.view.label.value == "0/16 · starting"
+    assert listener.view.status == "0/16 · starting"
 
 
 def test_widget_redraws_at_most_ten_times_a_second():
@@ -151,6 +151,32 @@ def test_widget_redraws_at_most_ten_times_a_second():
     assert listener.view.bar.value == 20_000
 
 
+def test_first_redraw_waits_one_interval():
+    # a loop of a few milliseconds shows its start and its end, nothing between
+    listener, record, clock, _ = started_widget(total=4)
+    commit(record)
+    listener.on_progress(record, busy=2)
+    assert listener.view.bar.value == 0 and listener.view.status == "0/4 · starting"
+    clock.now += 0.1
+    listener.on_progress(record, busy=2)
+    assert listener.view.bar.value == 1 and listener.view.status.startswith("1/4")
+
+
+def test_bar_description_names_the_loop_then_its_status():
+    clock = FakeClock()
+    listener = WidgetListener("for i in range(4):", clock=clock, display=Recorder())
+    listener.on_start(record_of(4))
+    assert listener.view.bar.description == "for i in range(4): 0/4 · starting"
+
+
+def test_bars_share_layout_and_style_until_closed():
+    first, second = ProgressBar(3), ProgressBar(4)
+    assert first.bar.layout is second.bar.layout and first.bar.style is second.bar.style
+    first.bar.layout.close()  # as Widget.close_all() would
+    third = ProgressBar(5)
+    assert third.bar.layout is not first.bar.layout and third.bar.layout.comm is not None
+
+
 @pytest.mark.parametrize(
     ("outcome", "style"), [("success", "success"), ("error", "danger"), ("interrupted", "warning")]
 )
@@ -163,7 +189,7 @@ def test_final_style_follows_outcome(outcome, style):
     listener.on_finish(record)
     bar = listener.view.bar
     assert (bar.bar_style, bar.value) == (style, 2)
-    assert "2/4 · 1.00s elapsed" in listener.view.label.value
+    assert "2/4 · 1.00s elapsed" in listener.view.status
     assert isinstance(shown.shown[-1], Summary)
 
 
@@ -173,16 +199,17 @@ def test_label_shows_busy_eta_and_failures():
     commit(record)
     commit(record, FAILED)
     listener.on_progress(record, busy=2)
-    assert listener.view.label.value == "2/10 · 2.00s elapsed · ETA 8.00s · 2/2 busy · 1 failed"
+    assert listener.view.status == "2/10 · 2.00s elapsed · ETA 8.00s · 2/2 busy · 1 failed"
 
 
 def test_unknown_total_counts_and_ends_full():
-    listener, record, _, _ = started_widget(total=None)
+    listener, record, clock, _ = started_widget(total=None)
     assert listener.view.bar.bar_style == "info"
     for _ in range(5):
         commit(record)
+    clock.now += 0.2
     listener.on_progress(record, busy=1)
-    assert listener.view.label.value.startswith("5 done")
+    assert listener.view.status.startswith("5 done")
     record.outcome = "success"
     listener.on_finish(record)
     bar = listener.view.bar

@@ -150,6 +150,18 @@ def test_bar_updates_live_and_ends_in_success(kc):
     assert cell.idle_at() - values[0][0] > 0.5, "updates were flushed at the end, not live"
     final = cell.final_state(bar)
     assert (final["value"], final["max"], final["bar_style"]) == (16, 16, "success")
+    texts = [text for _, text in cell.updates(bar, "description")]
+    assert any("ETA" in text and "busy" in text for text in texts), texts  # live status
+    assert final["description"].startswith("for i in range(16): 16/16 · "), final
+
+
+def test_a_bar_is_one_widget_shown_by_itself(kc):
+    cell = execute(kc, "%%parallel -n 2\nfor i in range(4):\n    time.sleep(0.01)")
+    # one comm per loop: the layout and style models are shared with earlier bars
+    opened = [m["content"]["data"]["state"]["_model_name"] for _, m in cell.of_type("comm_open")]
+    assert opened == ["IntProgressModel"], opened
+    (view,) = [d[WIDGET_VIEW] for d in cell.displays() if WIDGET_VIEW in d]
+    assert view["model_id"] == cell.bar_ids()[0]
 
 
 def test_bar_plain_text_is_stable_and_summary_is_static_html(kc):
@@ -171,6 +183,14 @@ def test_many_tiny_iterations_send_few_updates(kc):
     (bar,) = cell.bar_ids()
     assert len(cell.updates(bar, "value")) < 100
     assert cell.final_state(bar)["value"] == 20000
+
+
+def test_iterable_failing_at_once_still_shows_a_red_bar(kc):
+    execute(kc, "def items():\n    raise OSError('no data')\n    yield 1")
+    cell = execute(kc, "%%parallel -n 2\nfor i in items():\n    x = i")
+    assert cell.reply["content"]["ename"] == "OSError"
+    (bar,) = cell.bar_ids()
+    assert cell.final_state(bar)["bar_style"] == "danger"
 
 
 def test_error_ends_in_danger_with_summary(kc):
