@@ -78,20 +78,6 @@ class LoopRun:
     probe: Any = None  # (start, chunk, effect index) -> BatchResult: reruns a batch for its locals
     failures: list[tuple[int, Any, BaseException]] = field(default_factory=list)
     first_error: tuple[int, BaseException, str] | None = None
-    announced: bool = False  # listener.on_start has been called
-
-
-def _announce(run: LoopRun, listener: RunListener) -> None:
-    """Call ``listener.on_start`` once, as late as the run allows.
-
-    ``_drive`` calls it when the first results are in and the next batches are
-    submitted (or after POLL_SECONDS without results), so building the live
-    widget never holds back the first tasks and the workers have work while it
-    is built. A backend that runs tasks inside ``submit`` is announced first.
-    """
-    if not run.announced:
-        run.announced = True
-        listener.on_start(run.record)
 
 
 def run_plan(
@@ -168,8 +154,7 @@ def run_loop(
     ).result(timeout=PROBE_SECONDS)
     try:
         run.record.startup = time.perf_counter() - started
-        if backend.runs_on_submit:
-            _announce(run, listener)  # its tasks run inside submit: show the bar first
+        listener.on_start(run.record)
         with _routed_output(backend.in_kernel):
             _drive(run, iterable, ref, backend, options, listener, supervisor)
     except KeyboardInterrupt:
@@ -183,7 +168,6 @@ def run_loop(
         backend.unpublish(ref)
         run.record.ended = time.time()
         _iterations_run[0] += run.record.done
-        _announce(run, listener)  # stopped before its first results: still show its bar
         listener.on_finish(run.record)
     if dry:
         if run.failures:
@@ -299,28 +283,21 @@ def _drive(
     retry: list[tuple[int, list]] = []  # parts of batches lost with a dead worker: run again
     next_start, submitted, exhausted, stop = 0, 0, False, False
     max_in_flight = backend.n_workers * IN_FLIGHT_PER_WORKER
-
-    def fill() -> None:
-        """Submit batches (lost pieces first) until each worker has its share in flight."""
-        nonlocal submitted, exhausted
-        while not stop and len(in_flight) < max_in_flight and (retry or not exhausted):
-            if retry:
-                start, chunk = retry.pop(0)
-            else:
-                chunk = list(itertools.islice(items, batcher.next_size()))
-                if not chunk:
-                    exhausted = True
-                    break
-                start, submitted = submitted, submitted + len(chunk)
-            in_flight[supervisor.submit(_worker.run_batch, ref, start, chunk)] = (start, chunk)
-
     try:
         while True:
-            fill()
+            while not stop and len(in_flight) < max_in_flight and (retry or not exhausted):
+                if retry:
+                    start, chunk = retry.pop(0)
+                else:
+                    chunk = list(itertools.islice(items, batcher.next_size()))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    start, submitted = submitted, submitted + len(chunk)
+                in_flight[supervisor.submit(_worker.run_batch, ref, start, chunk)] = (start, chunk)
             if not in_flight:
                 break
             done, _ = wait(list(in_flight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-            failed = False
             for future in done:
                 start, chunk = in_flight.pop(future)
                 for piece in supervisor.settle(future, start, chunk):
@@ -328,17 +305,13 @@ def _drive(
                         retry.append((piece.start, piece.chunk))
                     else:
                         ready[piece.start] = (piece.result, piece.chunk)
-                        batcher.observe(piece.result)
-                        failed = failed or bool(piece.result.errors)
             retry.sort(key=lambda piece: piece[0])
-            if not failed:
-                fill()  # the workers get their next batches before the kernel commits these
-            _announce(run, listener)  # built while those batches run
             while next_start in ready and not stop:
                 result, chunk = ready[next_start]
                 if _stopped_by_sigint(result):
                     raise KeyboardInterrupt  # a worker got the stop button first
                 del ready[next_start]
+                batcher.observe(result)
                 stop = _commit(run, result, chunk, listener)
                 next_start += len(chunk)
             if stop:

@@ -12,104 +12,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from .kernel import WIDGET_VIEW, execute
 
 jupyter_client = pytest.importorskip("jupyter_client.manager")
 
 pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-PROGRESS_MODELS = {"IntProgressModel", "FloatProgressModel"}
 
 
 def kernel_env() -> dict[str, str]:
     """The environment of the kernel and its workers: this checkout importable."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return dict(os.environ, PYTHONPATH=path)
-
-
-class Cell:
-    """The iopub messages of one executed cell, with their arrival times, and its reply."""
-
-    def __init__(self, msgs: list[tuple[float, dict]], reply: dict) -> None:
-        self.msgs = msgs
-        self.reply = reply
-
-    def of_type(self, msg_type: str) -> list[tuple[float, dict]]:
-        return [(t, m) for t, m in self.msgs if m["msg_type"] == msg_type]
-
-    def bar_ids(self) -> list[str]:
-        """Comm ids of the progress bars opened by this cell, in order."""
-        return [
-            m["content"]["comm_id"]
-            for _, m in self.of_type("comm_open")
-            if m["content"]["data"]["state"].get("_model_name") in PROGRESS_MODELS
-        ]
-
-    def updates(self, comm_id: str, key: str) -> list[tuple[float, Any]]:
-        """(arrival, value) of each update of ``key`` on one widget."""
-        return [
-            (t, m["content"]["data"]["state"][key])
-            for t, m in self.of_type("comm_msg")
-            if m["content"]["comm_id"] == comm_id
-            and m["content"]["data"].get("method") == "update"
-            and key in m["content"]["data"].get("state", {})
-        ]
-
-    def final_state(self, comm_id: str) -> dict[str, Any]:
-        """The widget's state after all messages: the open state with every update applied."""
-        state: dict[str, Any] = {}
-        for _, m in self.msgs:
-            if m["content"].get("comm_id") != comm_id:
-                continue
-            data = m["content"].get("data", {})
-            state.update(data.get("state", {}))
-        return state
-
-    def displays(self) -> list[dict]:
-        """The data bundles of display_data outputs."""
-        return [m["content"]["data"] for _, m in self.of_type("display_data")]
-
-    def stdout(self) -> str:
-        return "".join(
-            m["content"]["text"]
-            for _, m in self.of_type("stream")
-            if m["content"]["name"] == "stdout"
-        )
-
-    def idle_at(self) -> float:
-        return self.of_type("status")[-1][0]
-
-
-def execute(
-    kc: Any, code: str, timeout: float = 120, on_msg: Callable[[dict], None] | None = None
-) -> Cell:
-    """Run ``code``; collect its iopub messages until the kernel is idle again.
-
-    ``on_msg`` sees each message as it arrives (to act in the middle of a run).
-    """
-    msg_id = kc.execute(code)
-    msgs = []
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        msgs.append((time.monotonic(), msg))
-        if on_msg is not None:
-            on_msg(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-    while True:  # the reply to this request, not a stray one from an earlier cell
-        reply = kc.get_shell_msg(timeout=timeout)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return Cell(msgs, reply)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +165,7 @@ def test_compare_and_sweep_are_displayed(kc):
 def test_output_shown_in_iteration_order(kc):
     code = "%%parallel -n 2\nfor i in range(8):\n    time.sleep(0.01 * (8 - i))\n    print('it', i)"
     cell = execute(kc, code)
-    assert cell.stdout() == "".join(f"it {i}\n" for i in range(8))
+    assert cell.stream() == "".join(f"it {i}\n" for i in range(8))
 
 
 def test_terminal_ipython_shows_text_only(tmp_path):

@@ -25,8 +25,6 @@ class Backend:
     needs_pickling: bool = True
     #: True when tasks run in the kernel process (threads, serial)
     in_kernel: bool = False
-    #: True when ``submit`` runs the task before it returns (serial)
-    runs_on_submit: bool = False
 
     def __init__(self, n_workers: int):
         self.n_workers = n_workers

@@ -23,7 +23,6 @@ class SerialBackend(Backend):
     name = "serial"
     needs_pickling = False
     in_kernel = True
-    runs_on_submit = True
 
     def __init__(self, n_workers: int = 1):
         super().__init__(1)
