@@ -110,6 +110,15 @@ def _shared(name: str, make: Callable[[], Any]) -> Any:
     return model
 
 
+#: Longest loop name the bar shows (a long header would leave no room for the bar).
+NAME_CHARS = 48
+
+
+def _shortened(name: str) -> str:
+    """``name``, cut to NAME_CHARS with an ellipsis."""
+    return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
+
+
 def plain_heading(label: str, total: int | None) -> str:
     """The bar's ``text/plain``: fixed when displayed, so saved notebooks compare equal."""
     size = f"{total} iterations" if total is not None else "iterations without a known total"
@@ -126,7 +135,7 @@ class ProgressBar:
 
         known = total is not None
         self.total = total
-        self.name = loop_name(label) if label else ""
+        self.name = _shortened(loop_name(label)) if label else ""
         self.heading = plain_heading(label, total)
         self.status = f"0/{total} · starting" if known else "0 done · starting"
         # Without a total the bar stays full in "info" style and the text counts (as tqdm).

@@ -18,7 +18,13 @@ from parmagic.display import QuietListener, environment, make_listener
 from parmagic.record import DONE, FAILED, IterationRecord, RunRecord
 from parmagic.summary import Summary
 from parmagic.textview import TextListener
-from parmagic.widgets import WIDGET_VIEW_MIME, ProgressBar, WidgetListener, plain_heading
+from parmagic.widgets import (
+    NAME_CHARS,
+    WIDGET_VIEW_MIME,
+    ProgressBar,
+    WidgetListener,
+    plain_heading,
+)
 
 
 class FakeClock:
@@ -167,6 +173,14 @@ def test_bar_description_names_the_loop_then_its_status():
     listener = WidgetListener("for i in range(4):", clock=clock, display=Recorder())
     listener.on_start(record_of(4))
     assert listener.view.bar.description == "for i in range(4): 0/4 · starting"
+
+
+def test_a_long_loop_header_is_cut_to_leave_room_for_the_bar():
+    header = "for i, (left, right) in enumerate(zip(first_long_name, second_long_name)):"
+    bar = ProgressBar(4, header)
+    name, status = bar.bar.description.split(": ", 1)
+    assert len(name) == NAME_CHARS and name.endswith("…") and header.startswith(name[:-1])
+    assert status == "0/4 · starting"
 
 
 def test_bars_share_layout_and_style_until_closed():
