@@ -127,7 +127,7 @@ class LokyBackend(Backend):
         self.executor = get_executor(n_workers)
 
     def publish(self, payload: Payload) -> PayloadRef:
-        """Payload to a private file in /dev/shm; tasks carry only its path."""
+        """Payload to an anonymous memfd (else a private file); tasks carry only its path."""
         return publish_to_file(payload)
 
     def unpublish(self, ref: PayloadRef) -> None:
