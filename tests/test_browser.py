@@ -310,7 +310,7 @@ def test_parallel_cell_shows_live_bar_then_summary(browser, lab):
     assert summary.locator("svg rect").count() >= 2
     assert "speedup" in summary.inner_text()
     out_text = loop_cell.locator(".jp-OutputArea").inner_text()
-    for fallback in ("[parmagic] for", "HBox(", "IntProgress(", "Loading widget"):
+    for fallback in ("[parmagic] for", "LoopBar(", "IntProgress(", "Loading widget"):
         assert fallback not in out_text, out_text
     assert "Error displaying widget" not in page.content()
     assert not errors, errors

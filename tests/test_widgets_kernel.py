@@ -135,7 +135,7 @@ def test_interrupt_ends_in_warning_with_summary(kernel):
 
     def interrupt_after_first_update(msg: dict) -> None:
         state = msg["content"].get("data", {}).get("state", {})
-        value = state.get("value")  # the bar's int (the label's value is a str)
+        value = state.get("value")  # the bar's count of iterations done
         if msg["msg_type"] == "comm_msg" and isinstance(value, int) and value and not interrupted:
             interrupted.append(True)
             km.interrupt_kernel()
@@ -185,5 +185,5 @@ def test_terminal_ipython_shows_text_only(tmp_path):
     assert cell.returncode == 0, cell.stderr
     assert "".join(f"it {i}\n" for i in range(4)) in cell.stdout
     assert "· success" in cell.stderr and "speedup" in cell.stderr
-    for fallback in ("IntProgress(", "HBox(", "<svg", "[parmagic] for"):
+    for fallback in ("LoopBar(", "IntProgress(", "<svg", "[parmagic] for"):
         assert fallback not in cell.stdout, cell.stdout
