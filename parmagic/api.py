@@ -56,13 +56,14 @@ def run_cell(
     full_source = display_source if display_source is not None else "\n" * line_offset + source
     if plan.loops:
         pool.get_backend(opts)  # a missing backend (no dask Client) fails before the cell runs
+    cell = engine.CellRun(
+        namespace, opts, pool.get_backend, listener_factory, filename, full_source
+    )
     if opts.compare or opts.sweep:
         from .compare import run_plan_compared
 
-        return run_plan_compared(plan, namespace, opts, listener_factory, filename, full_source)
-    return engine.run_plan(
-        plan, namespace, opts, pool.get_backend, listener_factory, filename, full_source
-    )
+        return run_plan_compared(plan, cell)
+    return engine.run_plan(plan, cell)
 
 
 def module_names(namespace: dict[str, Any]) -> frozenset[str]:
@@ -89,9 +90,8 @@ def pmap(func: Any, *iterables: Any, **options: Any) -> list:
         source = "[func(*item) for item in items]"
     plan = plan_cell(source, "<pmap>")
     plan.loops[0].source_line = f"pmap({getattr(func, '__name__', 'func')})"
-    return engine.run_plan(
-        plan, namespace, opts, pool.get_backend, listener_factory, "<pmap>", source
-    )
+    cell = engine.CellRun(namespace, opts, pool.get_backend, listener_factory, "<pmap>", source)
+    return engine.run_plan(plan, cell)
 
 
 class _Zipped:

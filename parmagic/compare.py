@@ -10,49 +10,38 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import engine, pool
+from . import engine
+from .engine import CellRun
 from .options import Options
-from .rewrite import CellPlan
+from .rewrite import CellPlan, LoopStep
 
 
-def run_plan_compared(
-    plan: CellPlan,
-    namespace: dict[str, Any],
-    options: Options,
-    listener_factory: Any,
-    filename: str,
-    source: str,
-) -> Any:
+def run_plan_compared(plan: CellPlan, cell: CellRun) -> Any:
     """Run the plan like ``engine.run_plan``; before each loop, its timing runs."""
     __tracebackhide__ = True
 
-    def timed_loop(step: Any, *args: Any) -> Any:
+    def timed_loop(step: LoopStep, cell: CellRun) -> Any:
         __tracebackhide__ = True
-        timings = _timing_runs(step, namespace, options, filename, source)
-        value = engine.run_loop(step, *args)
-        _show(timings, engine.last_run(), options)
+        timings = _timing_runs(step, cell)
+        value = engine.run_loop(step, cell)
+        _show(timings, engine.last_run(), cell.options)
         return value
 
-    return engine.run_plan(
-        plan, namespace, options, pool.get_backend, listener_factory, filename, source, timed_loop
-    )
+    return engine.run_plan(plan, cell, timed_loop)
 
 
-def _timing_runs(step: Any, namespace: dict, options: Options, filename: str, source: str) -> dict:
+def _timing_runs(step: LoopStep, cell: CellRun) -> dict:
     timings: dict[str, Any] = {}
+    options = cell.options
     if options.compare:
-        serial = options.with_changes(backend="serial")
+        serial = cell.with_options(options.with_changes(backend="serial"))
         t0 = time.perf_counter()
-        record = engine.run_loop(
-            step, namespace, serial, pool.get_backend, None, filename, source, dry=True
-        )
+        record = engine.run_loop(step, serial, dry=True)
         timings["serial"] = (time.perf_counter() - t0, record)
     for n in options.sweep:
-        sweep_opts = options.with_changes(n_jobs=n, compare=False, sweep=())
+        sweep = cell.with_options(options.with_changes(n_jobs=n, compare=False, sweep=()))
         t0 = time.perf_counter()
-        engine.run_loop(
-            step, namespace, sweep_opts, pool.get_backend, None, filename, source, dry=True
-        )
+        engine.run_loop(step, sweep, dry=True)
         timings.setdefault("sweep", []).append((n, time.perf_counter() - t0))
     return timings
 

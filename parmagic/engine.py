@@ -4,6 +4,10 @@ The engine owns the promise order of SPEC: the serial result first (effects
 replayed in iteration order, locals bound as plain Python would leave them),
 nothing lost on failure second (the committed prefix stays; the run record
 keeps every iteration), speed third (adaptive batching, payload sent once).
+
+A cell's run is one :class:`CellRun` (namespace, options, where backends and
+displays come from); each loop's run is one :class:`LoopRun`, whose batches
+between submission and commit are kept by a :class:`Flight`.
 """
 
 from __future__ import annotations
@@ -16,27 +20,24 @@ import sys
 import time
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
-from . import _worker
 from .backends.base import Backend
+from .batching import Batcher
 from .errors import CollectedErrors, RemoteTraceback
 from .listener import PlainListener, RunListener
 from .options import Options
 from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
-from .watchdog import Supervisor
+from .supervisor import Supervisor
+from .worker.batch import RoutingStream, run_batch
+from .worker.protocol import RESERVED, BatchResult, Payload, PayloadRef
 
-#: Aim each batch at this many seconds of work: long enough to hide per-task overhead
-#: (~0.1-0.3 ms on loky), short enough for live progress and an even finish.
-TARGET_BATCH_SECONDS = 0.05
 #: Batches in flight per worker: enough to keep every worker fed while results travel.
 IN_FLIGHT_PER_WORKER = 2
-#: Each worker gets at least this many batches of a sized iterable, so the end is even.
-MIN_BATCHES_PER_WORKER = 4
 #: How long rerunning a batch for the locals at a failed kernel-side effect may take.
 PROBE_SECONDS = 30
 #: How long the engine waits for a result before it refreshes progress anyway.
@@ -64,33 +65,60 @@ def recent_runs() -> list[RunRecord]:
     return list(_runs)
 
 
+ListenerFactory = Callable[[Options, str], RunListener]
+
+
+@dataclass
+class CellRun:
+    """What every loop of one cell's run shares."""
+
+    namespace: dict[str, Any]
+    options: Options
+    backend_factory: Callable[[Options], Backend]
+    listener_factory: ListenerFactory | None = None
+    filename: str = "<cell>"
+    source: str = ""
+
+    def with_options(self, options: Options) -> CellRun:
+        """The same cell run with other options (``--compare``'s serial run, ``--sweep``)."""
+        return replace(self, options=options)
+
+    def listener(self, label: str) -> RunListener:
+        """The display of one loop's run."""
+        if self.listener_factory is None:
+            return PlainListener()
+        return self.listener_factory(self.options, label)
+
+
 @dataclass
 class LoopRun:
     """Mutable state of one loop while it runs."""
 
     step: LoopStep
+    cell: CellRun
+    backend: Backend
+    listener: RunListener
     record: RunRecord
     replay: list[Any]
     accumulator: Any
     final_locals: dict[str, Any] = field(default_factory=dict)
-    collect: bool = False  # --on-error collect
-    pickled_locals: bool = True  # locals come back as cloudpickle bytes (process backends)
-    probe: Any = None  # (start, chunk, effect index) -> BatchResult: reruns a batch for its locals
     failures: list[tuple[int, Any, BaseException]] = field(default_factory=list)
     first_error: tuple[int, BaseException, str] | None = None
+    ref: PayloadRef | None = None
+
+    @property
+    def collect(self) -> bool:
+        """``--on-error collect``: go on after a failing iteration."""
+        return self.cell.options.on_error == "collect"
+
+    def probe(self, start: int, chunk: list, j: int) -> BatchResult:
+        """Run a batch again up to its j-th effect, for the locals at that statement."""
+        future = self.backend.submit(run_batch, self.ref, start, chunk, None, j)
+        return future.result(timeout=PROBE_SECONDS)
 
 
-def run_plan(
-    plan: CellPlan,
-    namespace: dict[str, Any],
-    options: Options,
-    backend_factory: Any,
-    listener_factory: Any = None,
-    filename: str = "<cell>",
-    source: str = "",
-    loop_runner: Any = None,
-) -> Any:
-    """Run every step of ``plan`` against ``namespace``; return the last expression's value.
+def run_plan(plan: CellPlan, cell: CellRun, loop_runner: Any = None) -> Any:
+    """Run every step of ``plan`` in ``cell``; return the last expression's value.
 
     ``loop_runner`` (default :func:`run_loop`, same arguments) runs each loop step:
     ``--compare`` wraps it with its timing runs.
@@ -101,79 +129,64 @@ def run_plan(
     value = None
     for step in plan.steps:
         if isinstance(step, KernelStep):
-            exec(step.code, namespace)
+            exec(step.code, cell.namespace)
             continue
-        value = run_step(
-            step, namespace, options, backend_factory, listener_factory, filename, source
-        )
+        value = run_step(step, cell)
     if plan.last_expr is not None:
-        value = eval(plan.last_expr, namespace)
+        value = eval(plan.last_expr, cell.namespace)
     elif not (plan.steps and isinstance(plan.steps[-1], LoopStep) and plan.steps[-1].is_last_expr):
         value = None
     return value
 
 
-def run_loop(
-    step: LoopStep,
-    namespace: dict[str, Any],
-    options: Options,
-    backend_factory: Any,
-    listener_factory: Any = None,
-    filename: str = "<cell>",
-    source: str = "",
-    dry: bool = False,
-) -> Any:
+def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     """Run one parallel loop to the end, commit it, bind what plain Python would bind.
 
     ``dry`` runs the iterations for timing only (``--compare``/``--sweep``): no effect
     is applied, no output shown, nothing bound; it returns the run record.
     """
     __tracebackhide__ = True
+    options, namespace = cell.options, cell.namespace
     iterable = eval(step.iterable, namespace)
     if dry and options.compare_sample:
         iterable = list(itertools.islice(iter(iterable), options.compare_sample))
-    backend: Backend = backend_factory(options)
-    make_listener = listener_factory or (lambda o, label: PlainListener())
-    listener: RunListener = _SilentListener() if dry else make_listener(options, step.source_line)
+    backend = cell.backend_factory(options)
     accumulator = _new_accumulator(step.kind)
     run = LoopRun(
         step=step,
+        cell=cell,
+        backend=backend,
+        listener=_SilentListener() if dry else cell.listener(step.source_line),
         record=RunRecord(step.source_line, backend.name, backend.n_workers, _length(iterable)),
-        replay=_make_replays(step, namespace, filename, accumulator, dry),
+        replay=_make_replays(step, namespace, cell.filename, accumulator, dry),
         accumulator=accumulator,
-        collect=options.on_error == "collect",
-        pickled_locals=backend.needs_pickling,
     )
     _runs.append(run.record)
     started = time.perf_counter()
-    payload = _payload(step, namespace, options, backend, filename, source)
-    ref = backend.publish(payload)
+    run.ref = backend.publish(_payload(step, cell, backend))
     supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
-    run.probe = lambda start, chunk, j: backend.submit(
-        _worker.run_batch, ref, start, chunk, None, j
-    ).result(timeout=PROBE_SECONDS)
     try:
         run.record.startup = time.perf_counter() - started
-        listener.on_start(run.record)
+        run.listener.on_start(run.record)
         with _routed_output(backend.in_kernel):
-            _drive(run, iterable, ref, backend, options, listener, supervisor)
+            _drive(run, iter(iterable), supervisor)
     except KeyboardInterrupt:
         _bind_locals(run, namespace)
-        _raise_in_cell(KeyboardInterrupt(), filename, step.lineno)
+        _raise_in_cell(KeyboardInterrupt(), cell.filename, step.lineno)
     except Exception:
         _bind_locals(run, namespace)  # an effect failed in the kernel: as far as it got
         raise
     finally:
         supervisor.close()
-        backend.unpublish(ref)
+        backend.unpublish(run.ref)
         run.record.ended = time.time()
         _iterations_run[0] += run.record.done
-        listener.on_finish(run.record)
+        run.listener.on_finish(run.record)
     if dry:
         if run.failures:
             raise run.failures[0][2]
         return run.record
-    return _finish(run, namespace, options, filename)
+    return _finish(run, namespace, options, cell.filename)
 
 
 class _SilentListener(PlainListener):
@@ -190,10 +203,7 @@ def _routed_output(in_kernel: bool) -> Iterator[None]:
         yield
         return
     out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (
-        _worker.RoutingStream(out, "stdout"),
-        _worker.RoutingStream(err, "stderr"),
-    )
+    sys.stdout, sys.stderr = RoutingStream(out, "stdout"), RoutingStream(err, "stderr")
     try:
         yield
     finally:
@@ -222,120 +232,154 @@ def _make_replays(
     return make(accumulator)
 
 
-def _payload(
-    step: LoopStep, namespace: dict, options: Options, backend: Backend, filename: str, source: str
-) -> _worker.Payload:
+def _payload(step: LoopStep, cell: CellRun, backend: Backend) -> Payload:
+    namespace = cell.namespace
     captured = {n: namespace[n] for n in step.analysis.captured if n in namespace}
     captured[SLICE] = slice
-    return _worker.Payload(
+    return Payload(
         key=uuid.uuid4().hex,
         code=marshal.dumps(step.batch_code),
-        filename=filename,
-        source=source,
+        filename=cell.filename,
+        source=cell.source,
         captured=captured,
-        collect=options.on_error == "collect",
-        timeout=options.timeout,
-        pickle_locals=backend.needs_pickling,
+        collect=cell.options.on_error == "collect",
+        timeout=cell.options.timeout,
+        pickle_locals=backend.pickles_locals,
+        output_per_thread=backend.output_per_thread,
     )
 
 
-class _Batcher:
-    """Chooses batch sizes: 1 until an iteration's cost is known, then ~TARGET_BATCH_SECONDS."""
-
-    def __init__(self, total: int | None, n_workers: int, chunksize: int | None):
-        self.total = total
-        self.n_workers = max(1, n_workers)
-        self.fixed = chunksize
-        self.per_item: float | None = None
-
-    def observe(self, result: _worker.BatchResult) -> None:
-        """Learn the cost of an iteration from a finished batch."""
-        if result.marks:
-            mean = max(0.0, result.end - result.marks[0]) / len(result.marks)
-            self.per_item = mean if self.per_item is None else 0.5 * (self.per_item + mean)
-
-    def next_size(self) -> int:
-        """Size of the next batch."""
-        if self.fixed:
-            return self.fixed
-        if self.per_item is None:
-            return 1
-        size = int(TARGET_BATCH_SECONDS / max(self.per_item, 1e-7))
-        if self.total is not None:
-            size = min(size, -(-self.total // (self.n_workers * MIN_BATCHES_PER_WORKER)))
-        return max(1, size)
+Pending = tuple[int, list]  # (first iteration, items) of a batch not yet committed
 
 
-def _drive(
-    run: LoopRun,
-    iterable: Any,
-    ref: Any,
-    backend: Backend,
-    options: Options,
-    listener: RunListener,
-    supervisor: Supervisor,
-) -> None:
+class Flight:
+    """A loop's batches between submission and commit.
+
+    ``in_flight``: submitted, not settled; ``ready``: settled, waiting for the
+    batches before them; ``retry``: parts of batches lost with a dead worker, to
+    submit again before new items. Commits go strictly by ``next_start``.
+    """
+
+    def __init__(self, items: Iterator, batcher: Batcher, supervisor: Supervisor, ref: Any):
+        self.items = items
+        self.batcher = batcher
+        self.supervisor = supervisor
+        self.ref = ref
+        self.max_in_flight = supervisor.backend.n_workers * IN_FLIGHT_PER_WORKER
+        self.in_flight: dict[Future, Pending] = {}
+        self.ready: dict[int, tuple[BatchResult | None, list]] = {}
+        self.retry: list[Pending] = []
+        self.next_start = 0
+        self.submitted = 0
+        self.exhausted = False
+
+    def fill(self) -> None:
+        """Submit batches until every worker has its share in flight or nothing is left."""
+        while len(self.in_flight) < self.max_in_flight and (self.retry or not self.exhausted):
+            if self.retry:
+                start, chunk = self.retry.pop(0)
+            else:
+                chunk = list(itertools.islice(self.items, self.batcher.next_size()))
+                if not chunk:
+                    self.exhausted = True
+                    return
+                start, self.submitted = self.submitted, self.submitted + len(chunk)
+            future = self.supervisor.submit(run_batch, self.ref, start, chunk)
+            self.in_flight[future] = (start, chunk)
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for a batch to finish; settle every finished one."""
+        done, _ = wait(list(self.in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
+        self.settle(done)
+
+    def settle(self, done: Any) -> None:
+        """Move finished batches to ``ready`` (or their lost parts to ``retry``)."""
+        for future in done:
+            start, chunk = self.in_flight.pop(future)
+            if future.cancelled():  # by us (stop) or by the cluster: not run, so run again
+                self.supervisor.drop(future)
+                self.retry.append((start, chunk))
+                continue
+            for piece in self.supervisor.settle(future, start, chunk):
+                if piece.result is None:
+                    self.retry.append((piece.start, piece.chunk))
+                else:
+                    self.ready[piece.start] = (piece.result, piece.chunk)
+        self.retry.sort(key=lambda piece: piece[0])
+
+    def next_ready(self) -> tuple[BatchResult, list] | None:
+        """The batch that commits next, if it has arrived (it stays until :meth:`committed`)."""
+        return self.ready.get(self.next_start)
+
+    def committed(self, count: int) -> None:
+        """The next batch committed ``count`` iterations."""
+        self.ready.pop(self.next_start, None)
+        self.next_start += count
+
+    def cancel(self) -> list[Pending]:
+        """Stop: cancel queued batches; return every batch not committed, in order."""
+        for future in self.in_flight:
+            future.cancel()
+        pending = list(self.in_flight.values()) + [(s, c) for s, (_, c) in self.ready.items()]
+        pending += self.retry
+        self.in_flight.clear()
+        self.ready.clear()
+        self.retry.clear()
+        return sorted(pending, key=lambda piece: piece[0])
+
+    @property
+    def busy(self) -> int:
+        """Workers holding a batch (at most)."""
+        return min(len(self.in_flight), self.supervisor.backend.n_workers)
+
+
+def _drive(run: LoopRun, items: Iterator, supervisor: Supervisor) -> None:
     __tracebackhide__ = True
-    items: Iterator = iter(iterable)
-    batcher = _Batcher(run.record.total, backend.n_workers, options.chunksize)
-    in_flight: dict[Future, tuple[int, list]] = {}
-    ready: dict[int, tuple[_worker.BatchResult, list]] = {}
-    retry: list[tuple[int, list]] = []  # parts of batches lost with a dead worker: run again
-    next_start, submitted, exhausted, stop = 0, 0, False, False
-    max_in_flight = backend.n_workers * IN_FLIGHT_PER_WORKER
+    batcher = Batcher(run.record.total, run.backend.n_workers, run.cell.options.chunksize)
+    flight = Flight(items, batcher, supervisor, run.ref)
+    stop = False
     try:
         while True:
-            while not stop and len(in_flight) < max_in_flight and (retry or not exhausted):
-                if retry:
-                    start, chunk = retry.pop(0)
-                else:
-                    chunk = list(itertools.islice(items, batcher.next_size()))
-                    if not chunk:
-                        exhausted = True
-                        break
-                    start, submitted = submitted, submitted + len(chunk)
-                in_flight[supervisor.submit(_worker.run_batch, ref, start, chunk)] = (start, chunk)
-            if not in_flight:
+            flight.fill()
+            if not flight.in_flight:
                 break
-            done, _ = wait(list(in_flight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-            for future in done:
-                start, chunk = in_flight.pop(future)
-                for piece in supervisor.settle(future, start, chunk):
-                    if piece.result is None:
-                        retry.append((piece.start, piece.chunk))
-                    else:
-                        ready[piece.start] = (piece.result, piece.chunk)
-            retry.sort(key=lambda piece: piece[0])
-            while next_start in ready and not stop:
-                result, chunk = ready[next_start]
+            flight.wait(POLL_SECONDS)
+            while not stop and (ready := flight.next_ready()) is not None:
+                result, chunk = ready
                 if _stopped_by_sigint(result):
                     raise KeyboardInterrupt  # a worker got the stop button first
-                del ready[next_start]
                 batcher.observe(result)
-                stop = _commit(run, result, chunk, listener)
-                next_start += len(chunk)
+                stop = _commit(run, result, chunk)
+                flight.committed(len(chunk))
             if stop:
-                _cancel_rest(run, in_flight, ready, retry)
-                in_flight.clear()
+                _cancel_rest(run, flight)
                 break
-            listener.on_progress(run.record, min(len(in_flight), backend.n_workers))
+            run.listener.on_progress(run.record, flight.busy)
     except KeyboardInterrupt:
-        _interrupted(run, in_flight, ready, next_start, backend, listener, supervisor, retry)
+        _interrupted(run, flight, supervisor)
         raise
     except Exception:
         # an effect failed in the kernel (say a KeyError in `d[k] += 1`), as it would
         # have in the serial loop: stop the rest and raise it as it is
-        _cancel_rest(run, in_flight, ready, retry)
+        _cancel_rest(run, flight)
         run.record.outcome = ERROR
         raise
     run.record.outcome = ERROR if (run.first_error or run.failures) else SUCCESS
 
 
-def _stopped_by_sigint(result: _worker.BatchResult) -> bool:
+def _stopped_by_sigint(result: BatchResult) -> bool:
     return any(isinstance(exc, KeyboardInterrupt) for _, exc, _ in result.errors)
 
 
-def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: RunListener) -> bool:
+@dataclass
+class _FailedEffect:
+    """An effect statement raised in the kernel: its index in the batch and the error."""
+
+    index: int
+    error: BaseException
+
+
+def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
     """Apply a batch's iterations in order; return True when the loop must stop.
 
     Effects come in the order the worker made them, so replaying them in that
@@ -344,17 +388,20 @@ def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: Ru
     __tracebackhide__ = True
     outputs: dict[int, str] = {}
     applied = 0
-    try:
-        for k, stream, text, before in result.outputs:
-            if before > applied:  # effects made before this output, in the worker's order
-                _replay(run, result.effects[applied:before], applied)
-                applied = before
-            listener.on_output(k, stream, text)
-            outputs[k] = outputs.get(k, "") + text
-        _replay(run, result.effects[applied:] if applied else result.effects, applied)
-    except Exception as exc:
-        _locals_at_failed_effect(run, result, chunk, exc)
-        raise
+    failed = None
+    for k, stream, text, before in result.outputs:
+        if before > applied:  # effects made before this output, in the worker's order
+            failed = _replay(run, result.effects[applied:before], applied)
+            if failed:
+                break
+            applied = before
+        run.listener.on_output(k, stream, text)
+        outputs[k] = outputs.get(k, "") + text
+    else:
+        failed = _replay(run, result.effects[applied:] if applied else result.effects, applied)
+    if failed is not None:
+        _locals_at_failed_effect(run, result, chunk, failed.index)
+        raise failed.error
     task = TaskRecord(
         index=result.start,
         count=result.ran,
@@ -373,16 +420,17 @@ def _commit(run: LoopRun, result: _worker.BatchResult, chunk: list, listener: Ru
     return run.first_error is not None and not run.collect
 
 
-def _replay(run: LoopRun, effects: list, offset: int = 0) -> None:
+def _replay(run: LoopRun, effects: list, offset: int = 0) -> _FailedEffect | None:
     """Apply effect records in order (a loop with one effect site records bare values).
 
-    An effect that raises is marked with its index in the batch (``offset`` + position).
+    An effect that raises stops the replay: the failure names its index in the
+    batch (``offset`` + position) and carries the error, raised as it is.
     """
     __tracebackhide__ = True
     replay = run.replay
     if len(replay) == 1 and run.step.kind == "list":  # a comprehension: values are elements
         run.accumulator.extend([values[0] for values in effects])
-        return
+        return None
     j = 0
     try:
         if len(replay) == 1:
@@ -393,18 +441,17 @@ def _replay(run: LoopRun, effects: list, offset: int = 0) -> None:
             for j, (eid, values) in enumerate(effects):  # noqa: B007
                 replay[eid](values)
     except Exception as exc:
-        exc._parmagic_effect = offset + j  # type: ignore[attr-defined]
-        raise
+        return _FailedEffect(offset + j, exc)
+    return None
 
 
-def _locals_at_failed_effect(run: LoopRun, result: Any, chunk: list, exc: BaseException) -> None:
+def _locals_at_failed_effect(run: LoopRun, result: BatchResult, chunk: list, j: int) -> None:
     """An effect failed in the kernel: get the locals the serial loop had at that statement.
 
     The batch runs again (in a worker, effects not applied) up to that effect and
     hands back its frame's locals; the loop's locals then end as serial ones would.
     """
-    j = getattr(exc, "_parmagic_effect", None)
-    if j is None or run.probe is None or not run.step.bind_locals:
+    if not run.step.bind_locals:
         return
     try:
         probe = run.probe(result.start, chunk, j)
@@ -421,27 +468,18 @@ def _note_failure(run: LoopRun, k: int, item: Any, exc: BaseException, tb: str) 
         run.first_error = (k, exc, tb)
 
 
-def _cancel_rest(run: LoopRun, in_flight: dict, ready: dict, retry: list = ()) -> None:
-    """The loop stops (an error): cancel queued batches, drop finished ones after the error."""
-    for future in in_flight:
-        future.cancel()
-    # batches still running on workers are told to stop (Supervisor.close); results dropped
-    pieces = list(in_flight.values()) + [(start, c) for start, (_, c) in ready.items()]
-    for start, chunk in pieces + list(retry):
+def _cancel_rest(run: LoopRun, flight: Flight) -> None:
+    """The loop stops (an error): cancel queued batches, drop finished ones after the error.
+
+    Batches still running on workers are told to stop (Supervisor.close); their
+    results are dropped.
+    """
+    for start, chunk in flight.cancel():
         run.record.cancelled.extend(range(start, start + len(chunk)))
     run.record.cancelled.sort()
 
 
-def _interrupted(
-    run: LoopRun,
-    in_flight: dict,
-    ready: dict,
-    next_start: int,
-    backend: Backend,
-    listener: RunListener,
-    supervisor: Supervisor,
-    retry: list,
-) -> None:
+def _interrupted(run: LoopRun, flight: Flight, supervisor: Supervisor) -> None:
     """Stop button: stop the rest now, commit the finished prefix, say how far it got.
 
     Queued batches are cancelled; running ones are told to stop (SIGINT, or an
@@ -449,23 +487,21 @@ def _interrupted(
     finished; what still runs after INTERRUPT_GRACE_SECONDS is killed.
     """
     __tracebackhide__ = True
+    backend = run.backend
     try:
-        for future in in_flight:
+        for future in flight.in_flight:
             future.cancel()
         supervisor.interrupt()
         if backend.in_kernel:
             backend.abort()
-        done, _ = wait(list(in_flight), timeout=INTERRUPT_GRACE_SECONDS)
-        for future in done:
-            start, chunk = in_flight.pop(future)
-            if not future.cancelled():
-                for piece in supervisor.settle(future, start, chunk):
-                    if piece.result is not None:
-                        ready[piece.start] = (piece.result, piece.chunk)
+        done, _ = wait(list(flight.in_flight), timeout=INTERRUPT_GRACE_SECONDS)
+        flight.settle(done)
     finally:
-        if in_flight and not backend.in_kernel and not supervisor.stop_stuck(list(in_flight)):
+        running = list(flight.in_flight)
+        if running and not backend.in_kernel and not supervisor.stop_stuck(running):
             backend.abort()
-    _cancel_rest(run, in_flight, _commit_prefix(run, ready, next_start, listener), retry)
+    _commit_prefix(run, flight)
+    _cancel_rest(run, flight)
     run.record.outcome = INTERRUPTED
     total = f" of {run.record.total}" if run.record.total is not None else ""
     print(
@@ -474,22 +510,25 @@ def _interrupted(
     )
 
 
-def _commit_prefix(run: LoopRun, ready: dict, next_start: int, listener: RunListener) -> dict:
-    """Commit the finished batches in order up to the first gap or stop; return the rest."""
+def _commit_prefix(run: LoopRun, flight: Flight) -> None:
+    """Commit the finished batches in order up to the first gap or stop."""
     __tracebackhide__ = True
-    while next_start in ready:
-        result, chunk = ready.pop(next_start)
-        result = _finished_part(result)
-        stop = _commit(run, result, chunk, listener)
-        if stop or result.ran < len(chunk):
-            if result.ran < len(chunk):
-                ready[next_start + result.ran] = (None, chunk[result.ran :])
+    while (ready := flight.next_ready()) is not None:
+        result, chunk = ready
+        if result is None:
             break
-        next_start += len(chunk)
-    return ready
+        result = _finished_part(result)
+        stop = _commit(run, result, chunk)
+        if result.ran < len(chunk):
+            flight.committed(result.ran)
+            flight.ready[flight.next_start] = (None, chunk[result.ran :])
+            break
+        flight.committed(len(chunk))
+        if stop:
+            break
 
 
-def _finished_part(result: _worker.BatchResult) -> _worker.BatchResult:
+def _finished_part(result: BatchResult) -> BatchResult:
     """An interrupted batch counts only its finished iterations (their effects and output,
     and those the interrupted one made before it stopped, as plain Python would leave them)."""
     stopped = [k for k, exc, _ in result.errors if isinstance(exc, KeyboardInterrupt)]
@@ -540,8 +579,8 @@ def _raise_in_cell(exc: BaseException, filename: str, lineno: int) -> NoReturn:
         tb = tb.tb_next
     if tb is not None:
         raise exc.with_traceback(tb)
-    stub = compile("\n" * max(0, lineno - 1) + f"raise {_worker.RESERVED}exc", filename, "exec")
-    exec(stub, {f"{_worker.RESERVED}exc": exc.with_traceback(None)})
+    stub = compile("\n" * max(0, lineno - 1) + f"raise {RESERVED}exc", filename, "exec")
+    exec(stub, {f"{RESERVED}exc": exc.with_traceback(None)})
     raise exc  # not reached
 
 
@@ -555,7 +594,7 @@ def _bind_locals(run: LoopRun, namespace: dict[str, Any]) -> None:
     """Leave the loop target and body locals as the serial loop would (for loops only)."""
     if not run.step.bind_locals or not run.final_locals:
         return
-    if run.pickled_locals:
+    if run.backend.pickles_locals:
         import cloudpickle
 
         namespace.update({k: cloudpickle.loads(v) for k, v in run.final_locals.items()})

@@ -12,11 +12,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import _worker
 from .backends.base import Backend
 from .backends.local import SerialBackend, ThreadBackend
 from .backends.loky import LokyBackend, executor_pids, get_executor, kill_executor
 from .options import Options
+from .worker.batch import warm_up
 
 _lock = threading.Lock()
 _threads: ThreadPoolExecutor | None = None
@@ -57,7 +57,7 @@ def _thread_pool(n: int) -> ThreadPoolExecutor:
 def _keyed(key: str, n: int, make: Any) -> Backend:
     with _lock:
         backend = _extra.get(key)
-        if backend is None or (key == "multiprocessing" and backend.n_workers != n):
+        if backend is None or not backend.serves(n):
             if backend is not None:
                 backend.close()
             backend = _extra[key] = make()
@@ -83,7 +83,7 @@ def start_in_background(n_workers: int) -> None:
     """
     executor = get_executor(n_workers)
     for _ in range(n_workers):
-        executor.submit(_worker.warm_up)
+        executor.submit(warm_up)
 
 
 def status() -> dict[str, Any]:

@@ -18,11 +18,11 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
 
+from parmagic.backends.base import WorkersLost
 from parmagic.backends.mp import START_METHOD, MultiprocessingBackend
 from parmagic.options import Options
 
@@ -203,7 +203,7 @@ def test_shutdown_leaves_no_process_and_no_payload_file(capsys: pytest.CaptureFi
 
 
 def test_abort_then_submit_works_without_the_engine() -> None:
-    from parmagic import _worker
+    from parmagic.worker.batch import warm_up
 
     pool = MultiprocessingBackend(2)
     try:
@@ -212,9 +212,9 @@ def test_abort_then_submit_works_without_the_engine() -> None:
         time.sleep(0.5)
         pool.abort()
         for future in sleeping:  # killed running, or cancelled before it started
-            with pytest.raises((BrokenProcessPool, CancelledError)):
+            with pytest.raises((WorkersLost, CancelledError)):
                 future.result(timeout=10)
-        assert pool.submit(_worker.warm_up).result(timeout=30) in pool.worker_pids()
+        assert pool.submit(warm_up).result(timeout=30) in pool.worker_pids()
     finally:
         pool.close()
     assert pool.worker_pids() == []
@@ -226,12 +226,12 @@ def test_workers_exit_when_the_kernel_is_killed(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             import os, sys
-            from parmagic import _worker
+            from parmagic.worker.batch import warm_up
             from parmagic.backends.mp import MultiprocessingBackend
             if __name__ == "__main__":
                 pool = MultiprocessingBackend(2)
                 pool.start()
-                pool.submit(_worker.warm_up).result()
+                pool.submit(warm_up).result()
                 while len(pool.worker_pids()) < 2:
                     pass
                 print(*pool.worker_pids(), flush=True)

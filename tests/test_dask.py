@@ -347,11 +347,11 @@ def test_backend_counts_threads_and_reports_pids(cluster: Cluster) -> None:
 
 
 def test_payload_is_scattered_once_and_reaches_every_worker(cluster: Cluster) -> None:
-    from parmagic import _worker
     from parmagic.backends.dask import DaskBackend, DaskRef
+    from parmagic.worker.protocol import Payload
 
     backend = DaskBackend(None, cluster.address)
-    payload = _worker.Payload(key="k-test", code=b"", filename="<t>", source="", captured={"x": 1})
+    payload = Payload(key="k-test", code=b"", filename="<t>", source="", captured={"x": 1})
     ref = backend.publish(payload)
     try:
         assert isinstance(ref, DaskRef) and ref.key == "k-test"

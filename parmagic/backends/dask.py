@@ -12,7 +12,7 @@ imports); functions and classes defined in the notebook travel by value.
 
 Running in dask's worker threads needs two things the process backends do not:
 
-- Output is captured per thread (``_worker.RoutingStream``, installed once per
+- Output is captured per thread (``RoutingStream``, installed once per
   worker process), not by swapping ``sys.stdout`` for the process, since a
   worker runs several batches at once in its threads.
 - Threads cannot be killed, and ``--timeout``'s alarm signal works only in a
@@ -27,8 +27,6 @@ Running in dask's worker threads needs two things the process backends do not:
 from __future__ import annotations
 
 import collections
-import ctypes
-import dataclasses
 import os
 import sys
 import threading
@@ -37,11 +35,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
-from .. import _worker
-from .._worker import InlineRef, Payload, PayloadRef
 from ..errors import BackendUnavailableError, WorkerDiedError
+from ..worker.batch import RoutingStream, raise_in_thread
+from ..worker.protocol import InlineRef, Payload, PayloadRef
 from .base import Backend
-from .loky import dumps_with_buffers, unsendable_error
+from .publish import dumps_with_buffers, unsendable_error
 
 if TYPE_CHECKING:
     import distributed
@@ -123,8 +121,7 @@ class DaskBackend(Backend):
     """Tasks on a dask.distributed cluster: the kernel's ``Client``, or ``--scheduler``."""
 
     name = "dask"
-    needs_pickling = True
-    in_kernel = False
+    output_per_thread = True
 
     def __init__(self, n_workers: int | None, scheduler: str | None = None):
         _distributed()
@@ -363,20 +360,14 @@ def _run_registered(fn: Callable[..., Any], payload: Payload, args: tuple) -> An
             raise RuntimeError("parmagic: batch of an aborted run")
         _running.setdefault(payload.key, set()).add(ident)
     try:
-        # Capture per thread (as in the kernel), and pickle the locals here, as a
-        # process backend's worker does (the kernel expects them as bytes).
-        local = dataclasses.replace(payload, pickle_locals=False)
-        result = fn(InlineRef(local), *args)
-        if isinstance(result, _worker.BatchResult):
-            _worker._pickle_locals(result)
-        return result
+        return fn(InlineRef(payload), *args)
     finally:
         with _running_lock:
             _running[payload.key].discard(ident)
             if not _running[payload.key]:
                 del _running[payload.key]
             # Drop an interrupt aimed at this thread that has not gone off yet.
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+            raise_in_thread(ident, None)
 
 
 _route_lock = threading.Lock()
@@ -385,10 +376,10 @@ _route_lock = threading.Lock()
 def _route_output() -> None:
     """Put routing streams in front of the worker's stdout/stderr, once per process."""
     with _route_lock:
-        if not isinstance(sys.stdout, _worker.RoutingStream):
-            sys.stdout = _worker.RoutingStream(sys.stdout, "stdout")
-        if not isinstance(sys.stderr, _worker.RoutingStream):
-            sys.stderr = _worker.RoutingStream(sys.stderr, "stderr")
+        if not isinstance(sys.stdout, RoutingStream):
+            sys.stdout = RoutingStream(sys.stdout, "stdout")
+        if not isinstance(sys.stderr, RoutingStream):
+            sys.stderr = RoutingStream(sys.stderr, "stderr")
 
 
 def _interrupt_runs(run_keys: list[str]) -> int:
@@ -399,7 +390,5 @@ def _interrupt_runs(run_keys: list[str]) -> int:
             if key not in _aborted:
                 _aborted.append(key)
             for ident in _running.get(key, ()):
-                count += ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(ident), ctypes.py_object(BatchAborted)
-                )
+                count += raise_in_thread(ident, BatchAborted)
     return count

@@ -1,19 +1,19 @@
 """Backends that run in the kernel process: ``serial`` and ``threads``.
 
 No pickling: the payload is handed over as it is, captured objects are shared.
-Output of iterations is captured per thread (see ``_worker.RoutingStream``).
+Output of iterations is captured per thread (see ``parmagic.worker.batch.RoutingStream``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .._worker import InlineRef, Payload, PayloadRef
+from ..worker.batch import raise_in_thread
+from ..worker.protocol import InlineRef, Payload, PayloadRef
 from .base import Backend
 
 
@@ -21,8 +21,9 @@ class SerialBackend(Backend):
     """Runs each batch at once in the kernel's own thread (``-n 1``): ``%debug`` works."""
 
     name = "serial"
-    needs_pickling = False
     in_kernel = True
+    pickles_locals = False
+    output_per_thread = True
 
     def __init__(self, n_workers: int = 1):
         super().__init__(1)
@@ -50,8 +51,10 @@ class ThreadBackend(Backend):
     """A persistent thread pool in the kernel: no pickling, shared captured objects."""
 
     name = "threads"
-    needs_pickling = False
     in_kernel = True
+    pickles_locals = False
+    output_per_thread = True
+    kernel_thread_timeouts = True
 
     def __init__(self, n_workers: int, executor: ThreadPoolExecutor):
         super().__init__(n_workers)
@@ -82,9 +85,7 @@ class ThreadBackend(Backend):
         with self._lock:
             idents = list(self._threads)
         for ident in idents:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt)
-            )
+            raise_in_thread(ident, KeyboardInterrupt)
 
     def worker_pids(self) -> list[int]:
         """Threads live in the kernel process."""

@@ -11,8 +11,8 @@ The pool is persistent, so the slower start is paid once per kernel.
 
 The pool is created on first use, reused by every run, rebuilt when it breaks
 (a worker died) or is aborted (interrupt), and shut down by :meth:`close`. The
-standard pickler only ever sees :func:`parmagic._worker.run_batch` and a
-:class:`~parmagic._worker.FileRef`: the notebook's functions and captured values
+standard pickler only ever sees :func:`parmagic.worker.batch.run_batch` and a
+:class:`~parmagic.worker.protocol.FileRef`: the notebook's functions and captured values
 travel cloudpickled inside the payload file, written once per run.
 """
 
@@ -29,9 +29,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .. import _worker
-from .base import Backend
-from .loky import publish_to_file, unpublish_file
+from ..worker import batch
+from ..worker.protocol import Payload, PayloadRef
+from .base import Backend, WorkersLost
+from .publish import publish_to_file, unpublish_file
 
 #: How long shutdown waits for a worker to exit before killing it (seconds).
 JOIN_TIMEOUT_S = 2.0
@@ -72,10 +73,7 @@ class MultiprocessingBackend(Backend):
     """Tasks on a persistent standard-library process pool of spawned workers."""
 
     name = "multiprocessing"
-    needs_pickling = True
-    in_kernel = False
-    #: workers report into parmagic.watchdog's status board (timeouts, deaths, interrupts)
-    status_board = True
+    shared_board = True
 
     def __init__(self, n_workers: int):
         super().__init__(n_workers)
@@ -98,7 +96,7 @@ class MultiprocessingBackend(Backend):
                 # The executor starts workers on demand, one per submit that finds
                 # none idle: n no-op tasks start all n now, without waiting for them.
                 for _ in range(self.n_workers):
-                    _submit(executor, _worker.warm_up)
+                    _submit(executor, batch.warm_up)
                 self._executor = executor
             return self._executor
 
@@ -128,11 +126,11 @@ class MultiprocessingBackend(Backend):
 
     # The calls the engine makes ---------------------------------------------------------------
 
-    def publish(self, payload: _worker.Payload) -> _worker.PayloadRef:
+    def publish(self, payload: Payload) -> PayloadRef:
         """Write the payload to a private file once; every task carries only its path."""
         return publish_to_file(payload)
 
-    def unpublish(self, ref: _worker.PayloadRef) -> None:
+    def unpublish(self, ref: PayloadRef) -> None:
         """Delete the run's payload file."""
         unpublish_file(ref)
 
@@ -165,6 +163,10 @@ class MultiprocessingBackend(Backend):
         """Backend, worker count, pids and start method."""
         return {**super().describe(), "start_method": START_METHOD}
 
+    def serves(self, n_workers: int) -> bool:
+        """The pool is rebuilt for another worker count."""
+        return n_workers == self.n_workers
+
     def close(self) -> None:
         """Stop the workers (kernel exit, ``%parmagic shutdown``)."""
         self._stop(kill=False)
@@ -177,9 +179,15 @@ class _Relay(Future):
     ``BrokenProcessPool`` and then terminates the other workers. The first
     relay to see that error notes, before the others are terminated, which
     workers have an exit code: those died on their own (or by the watchdog).
-    ``exc.parmagic_deaths`` (pid -> exit code) lets the engine fail only the
-    iteration a dead worker held, and run the rest of the lost batches again.
+    Every future the break lost then fails with the same :class:`WorkersLost`
+    (pid -> exit code), so the engine fails only the iteration a dead worker
+    held and runs the rest of the lost batches again.
     """
+
+    #: id of a BrokenProcessPool -> (it, the WorkersLost made for it); the original is kept
+    #: so that its id is not reused while the entry lives (breaks are few)
+    _lost: dict[int, tuple[BaseException, WorkersLost]] = {}
+    _lost_lock = threading.Lock()
 
     def __init__(self, task: Future, executor: ProcessPoolExecutor):
         super().__init__()
@@ -199,9 +207,20 @@ class _Relay(Future):
         if exc is None:
             self.set_result(task.result())
             return
-        if isinstance(exc, BrokenProcessPool) and not hasattr(exc, "parmagic_deaths"):
-            exc.parmagic_deaths = _exit_codes(_processes(self._executor))  # type: ignore[attr-defined]
+        if isinstance(exc, BrokenProcessPool):
+            exc = self._workers_lost(exc)
         self.set_exception(exc)
+
+    def _workers_lost(self, exc: BrokenProcessPool) -> WorkersLost:
+        with self._lost_lock:
+            seen = self._lost.get(id(exc))
+            if seen is None or seen[0] is not exc:
+                lost = WorkersLost(str(exc), _exit_codes(_processes(self._executor)))
+                lost.__cause__ = exc
+                seen = self._lost[id(exc)] = (exc, lost)
+                if len(self._lost) > 64:  # old breaks: their futures are long settled
+                    self._lost.pop(next(iter(self._lost)))
+            return seen[1]
 
 
 def _submit(executor: ProcessPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:

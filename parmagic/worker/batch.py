@@ -1,9 +1,10 @@
-"""What runs in a worker: load the run's payload once, run a batch of iterations.
+"""Running a batch in a worker: load the run's payload once, run the loop body for its items.
 
 Imported by worker processes, so it imports nothing heavy (no IPython, no
-ipywidgets). A batch runs the compiled loop body for consecutive items and
-returns their effect records, output, timings, errors and the body's locals
-after its last iteration; the kernel commits them in iteration order.
+ipywidgets) and nothing of parmagic outside this package but ``errors``. A
+batch runs the compiled loop body for consecutive items and returns their
+effect records, output, timings, errors and the body's locals after its last
+iteration; the kernel commits them in iteration order.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import builtins
 import io
 import linecache
 import marshal
-import mmap
 import os
 import pickle
 import signal
@@ -20,143 +20,22 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
-from .watchdog import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
-
-#: Prefix of every name the rewriter introduces; never shown to the user.
-RESERVED = "__pm_"
-
-
-@dataclass
-class Payload:
-    """Everything a worker needs for one run, sent once per run."""
-
-    key: str
-    code: bytes  # marshal.dumps of the module code that defines __pm_batch
-    filename: str  # the cell's filename, for tracebacks and linecache
-    source: str  # the cell's source, so worker tracebacks show its lines
-    captured: dict[str, Any]
-    collect: bool = False  # --on-error collect: go on after a failing iteration
-    timeout: float | None = None  # seconds per iteration
-    pickle_locals: bool = True  # results travel between processes
+from ..errors import IterationTimeoutError, _short_repr
+from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
+from .protocol import RESERVED, BatchResult, Payload, PayloadRef
 
 
-class PayloadRef:
-    """How a task finds its run's payload; ``load`` runs in the worker."""
+def raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> bool:
+    """Raise ``exc_type`` in thread ``ident`` at its next bytecode (None: drop a pending one).
 
-    key: str = ""
-
-    def load(self) -> Payload:
-        """Return the payload (called at most once per worker per run)."""
-        raise NotImplementedError
-
-
-class InlineRef(PayloadRef):
-    """The payload itself: for in-kernel backends and for dask (which caches scattered data)."""
-
-    def __init__(self, payload: Payload):
-        self.key = payload.key
-        self.payload = payload
-
-    def load(self) -> Payload:
-        """Return the payload held inline."""
-        return self.payload
-
-
-class FileRef(PayloadRef):
-    """A payload pickled (protocol 5) to a private file; big buffers are memory-mapped, not copied."""
-
-    def __init__(self, key: str, path: str):
-        self.key = key
-        self.path = path
-
-    def load(self) -> Payload:
-        """Map the file and unpickle; NumPy arrays come back as read-only views of the map."""
-        with open(self.path, "rb") as f:
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        view = memoryview(mm)
-        n_buffers = int.from_bytes(view[:8], "little")
-        pos = 8
-        spans = []
-        for _ in range(n_buffers + 1):
-            length = int.from_bytes(view[pos : pos + 8], "little")
-            spans.append(length)
-            pos += 8
-        main_len, buffer_lens = spans[0], spans[1:]
-        main = view[pos : pos + main_len]
-        pos += main_len
-        buffers = []
-        for length in buffer_lens:
-            pos = aligned(pos, length)
-            buffers.append(view[pos : pos + length])
-            pos += length
-        return pickle.loads(main, buffers=buffers)
-
-
-def aligned(pos: int, length: int) -> int:
-    """Where a buffer of ``length`` bytes starts at or after ``pos``.
-
-    NumPy arrays viewed on a misaligned buffer compute differently (other SIMD
-    paths: sums differ in the last bits) and slower, so buffers start on a cache
-    line, and big ones on a page.
+    Returns True when the thread was found. A C call in that thread is not interrupted.
     """
-    step = PAGE if length >= PAGE else CACHE_LINE
-    return -(-pos // step) * step
+    import ctypes
 
-
-CACHE_LINE, PAGE = 64, 4096
-
-
-def write_payload_file(path: str, payload: Payload, dumps_with_buffers: Any) -> None:
-    """Write ``payload`` to ``path`` (mode 0600): header, pickle stream, out-of-band buffers.
-
-    ``dumps_with_buffers(obj) -> (bytes, [PickleBuffer])`` is cloudpickle with
-    protocol 5, supplied by the kernel side so this module needs no cloudpickle.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_payload(f, payload, dumps_with_buffers)
-    except BaseException:
-        os.unlink(path)
-        raise
-
-
-def write_payload(f: Any, payload: Payload, dumps_with_buffers: Any) -> None:
-    """Write ``payload`` to the open binary file ``f`` in the layout ``FileRef.load`` reads."""
-    main, buffers = dumps_with_buffers(payload)
-    raws = [b.raw() for b in buffers]
-    header = [len(raws).to_bytes(8, "little"), len(main).to_bytes(8, "little")]
-    header += [r.nbytes.to_bytes(8, "little") for r in raws]
-    head = b"".join(header)
-    f.write(head)
-    f.write(main)
-    pos = len(head) + len(main)
-    for r in raws:
-        start = aligned(pos, r.nbytes)
-        f.write(b"\0" * (start - pos))
-        f.write(r)
-        pos = start + r.nbytes
-
-
-@dataclass
-class BatchResult:
-    """What one batch sends back; iteration indexes are absolute."""
-
-    start: int
-    ran: int  # iterations attempted (ran to the end or failed)
-    pid: int
-    effects: list[tuple[int, tuple]] = field(default_factory=list)  # (effect id, values), in order
-    # (k, stream, text, effects recorded before it)
-    outputs: list[tuple[int, str, str, int]] = field(default_factory=list)
-    marks: list[float] = field(default_factory=list)  # perf_counter() as each iteration starts
-    end: float = 0.0  # perf_counter() when the last iteration ended
-    wall0: float = field(default_factory=lambda: time.time() - time.perf_counter())  # perf -> wall
-    errors: list[tuple[int, BaseException, str]] = field(default_factory=list)  # (k, exc, tb)
-    locals: dict[str, Any] = field(default_factory=dict)  # values, or cloudpickle bytes
-    unsent_locals: list[str] = field(default_factory=list)
+    exc = ctypes.py_object(exc_type) if exc_type is not None else None
+    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), exc) == 1
 
 
 class _Cache:
@@ -255,8 +134,6 @@ class _BatchState:
 
     def on_alarm(self, signum: int, frame: Any) -> None:
         """SIGALRM: the running iteration is past --timeout."""
-        from .errors import IterationTimeoutError, _short_repr
-
         k = self.current
         item = f" (item={_short_repr(self.items[k - self.start])})" if self.items else ""
         raise IterationTimeoutError(
@@ -332,14 +209,16 @@ def run_batch(
     if slot is not None and not track:
         slot.write(start, start, RUNNING if len(items) == 1 else BATCH)
     old_out, old_err = sys.stdout, sys.stderr
-    in_kernel = not payload.pickle_locals
-    if in_kernel:
+    per_thread = payload.output_per_thread
+    if per_thread:
         _thread_capture.state = state
     else:
         sys.stdout, sys.stderr = _Capture(state, "stdout"), _Capture(state, "stderr")
     old_alarm = signal.signal(signal.SIGALRM, state.on_alarm) if state.timeout else None
     main = threading.current_thread() is threading.main_thread()
-    old_int = signal.signal(signal.SIGINT, state.on_sigint) if main and not in_kernel else None
+    # a process worker runs one batch at a time and owns its SIGINT; a batch sharing its
+    # process (the kernel's threads, dask) is stopped by the kernel instead
+    old_int = signal.signal(signal.SIGINT, state.on_sigint) if main and not per_thread else None
     # no SIGALRM off the main thread, and no kernel watchdog without a slot (dask): watch here
     alarm = (
         _ThreadAlarm(state, payload.timeout)
@@ -358,13 +237,13 @@ def run_batch(
             signal.signal(signal.SIGINT, old_int)
         if slot is not None:
             slot.write(start, state.current, FINISHED)
-        if in_kernel:
+        if per_thread:
             _thread_capture.state = None
         else:
             sys.stdout, sys.stderr = old_out, old_err
     result.ran = len(result.marks)
     if payload.pickle_locals:
-        _pickle_locals(result)
+        pickle_locals(result)
     return result
 
 
@@ -388,26 +267,17 @@ class _ThreadAlarm:
             k = self.state.current
             if marks and k != fired_for and time.perf_counter() - marks[-1] > self.timeout:
                 fired_for = k
-                _raise_in_thread(self.ident, _ThreadTimeout)
+                raise_in_thread(self.ident, _ThreadTimeout)
 
     def stop(self) -> None:
         """The batch ended: stop watching, and drop an exception not yet delivered."""
         self.done.set()
         self.thread.join()
-        _raise_in_thread(self.ident, None)
-
-
-def _raise_in_thread(ident: int, exc_type: Any) -> None:
-    import ctypes
-
-    exc = ctypes.py_object(exc_type) if exc_type is not None else None
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), exc)
+        raise_in_thread(self.ident, None)
 
 
 def _timeout_error(exc: BaseException, state: _BatchState, timeout: float | None) -> BaseException:
     """An asynchronous timeout arrives bare: give it the message SIGALRM's has."""
-    from .errors import IterationTimeoutError, _short_repr
-
     bare = isinstance(exc, IterationTimeoutError) and not exc.args
     if not (isinstance(exc, _ThreadTimeout) or bare):
         return exc
@@ -483,7 +353,7 @@ def _format_traceback(exc: BaseException, filename: str) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-def _pickle_locals(result: BatchResult) -> None:
+def pickle_locals(result: BatchResult) -> None:
     """Locals travel back pickled one by one; those that cannot (open files) stay behind."""
     import cloudpickle
 
