@@ -483,7 +483,8 @@ def normalise(changes: dict[str, Any]) -> dict[str, Any]:
     """API keywords -> ``Options`` field values: unknown names refused, aliases and rules applied.
 
     Rules: ``prefer`` sets ``backend`` (an explicit ``backend`` wins, as in joblib); a
-    ``compare_sample`` implies ``compare`` unless ``compare`` is given too.
+    ``compare_sample`` turns ``compare`` on (refused beside ``compare=False``). ``Options(...)``
+    itself takes its fields as given; only these user-facing paths apply the rules.
     """
     unknown = sorted(set(changes) - set(BY_NAME))
     if unknown:
