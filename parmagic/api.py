@@ -11,7 +11,7 @@ from typing import Any
 
 from . import engine, pool
 from .listener import PlainListener, RunListener
-from .options import Options, defaults
+from .options import Options, defaults, takes_options
 from .rewrite import plan_cell
 
 
@@ -24,11 +24,17 @@ def listener_factory(options: Options, label: str) -> RunListener:
     return make_listener(progress=options.progress, label=label)
 
 
+@takes_options
 def resolve_options(**options: Any) -> Options:
-    """The session defaults with ``options`` applied (validated; unknown names refused)."""
+    """The session defaults with ``options`` applied (validated; unknown names refused).
+
+    An option given is the value, None included (``timeout=None``: no limit even where the
+    session default has one); a bad value raises OptionError before anything runs.
+    """
     return defaults().with_changes(**options)
 
 
+@takes_options
 def run_cell(
     source: str,
     namespace: dict[str, Any] | None = None,
@@ -71,12 +77,12 @@ def module_names(namespace: dict[str, Any]) -> frozenset[str]:
     return frozenset(k for k, v in namespace.items() if isinstance(v, types.ModuleType))
 
 
+@takes_options
 def pmap(func: Any, *iterables: Any, **options: Any) -> list:
     """Parallel ``list(map(func, *iterables))`` on the kernel's pool, in order.
 
-    Options as for ``%%parallel`` (``n_jobs``, ``backend``, ``timeout``, ``on_error``,
-    ``chunksize``, ``progress``, ...). With several iterables it stops at the shortest,
-    as ``map`` does.
+    With several iterables it stops at the shortest, as ``map`` does. For a script,
+    ``progress=False, summary=False`` makes it silent.
     """
     __tracebackhide__ = True
     if not iterables:
@@ -91,6 +97,10 @@ def pmap(func: Any, *iterables: Any, **options: Any) -> list:
     plan = plan_cell(source, "<pmap>")
     plan.loops[0].source_line = f"pmap({getattr(func, '__name__', 'func')})"
     cell = engine.CellRun(namespace, opts, pool.get_backend, listener_factory, "<pmap>", source)
+    if opts.compare or opts.sweep:  # as run_cell does: the timing runs, then the real one
+        from .compare import run_plan_compared
+
+        return run_plan_compared(plan, cell)
     return engine.run_plan(plan, cell)
 
 

@@ -34,7 +34,7 @@ def _timing_runs(step: LoopStep, cell: CellRun) -> dict:
     timings: dict[str, Any] = {}
     options = cell.options
     if options.compare:
-        serial = cell.with_options(options.with_changes(backend="serial"))
+        serial = cell.with_options(options.with_changes(backend="serial", scheduler=None))
         t0 = time.perf_counter()
         record = engine.run_loop(step, serial, dry=True)
         timings["serial"] = (time.perf_counter() - t0, record)

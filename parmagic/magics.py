@@ -1,133 +1,191 @@
 """The magics: ``%%parallel``, ``%pmap`` and ``%parmagic``, thin layers over the API.
 
-Each magic parses its options (shared declarations below; ``-h`` prints the
-help), turns bad values into one-line ``UsageError``s, and calls
-:mod:`parmagic.api`.
+Their flags come from the one option table (:data:`parmagic.options.TABLE`); each magic
+parses its line with :func:`parse_line` (which also answers ``-h``), turns bad values into
+one-line ``UsageError``s, and calls :mod:`parmagic.api`.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import shlex
 import sys
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import MagicHelpFormatter, argument, kwds, magic_arguments
+from IPython.utils.process import arg_split
 
 from . import api, pool
-from .options import OptionError, defaults, set_defaults
+from .options import (
+    BY_NAME,
+    TABLE,
+    Option,
+    OptionError,
+    defaults,
+    format_options,
+    set_defaults,
+    spell,
+)
 
 
-def _shared_options(func: Any) -> Any:
-    """The options of ``%%parallel``, ``%pmap`` and ``%parmagic config``, declared once."""
-    decorators = [
-        argument("-h", "--help", action="store_true", help="show this help and do nothing"),
-        argument(
-            "--sweep",
-            help="also time the loop at each worker count, e.g. 1,2,4, and plot the speedup",
-        ),
-        argument(
-            "--compare-sample",
-            type=int,
-            help="with --compare: time only this many iterations serially and extrapolate",
-        ),
-        argument(
-            "--compare",
-            action="store_true",
-            default=None,
-            help="also time the loop serially and show both",
-        ),
-        argument("--no-progress", action="store_true", default=None, help="no live progress bar"),
-        argument("--chunksize", help="iterations per task: a positive integer or 'auto' (default)"),
-        argument(
-            "--on-error",
-            help="raise (default): stop at the first failing iteration; collect: run all, then raise one error listing the failures",
-        ),
-        argument("--timeout", type=float, help="seconds an iteration may run before it fails"),
-        argument(
-            "--scheduler",
-            help="dask scheduler address, e.g. tcp://127.0.0.1:8786 (with --backend dask)",
-        ),
-        argument("--prefer", help="joblib alias: threads or processes"),
-        argument("--backend", help="loky (default), threads, multiprocessing, serial or dask"),
-        argument(
-            "-n",
-            "--n-jobs",
-            type=int,
-            help="workers: -1 all cores (default), -2 all but one, 1 runs in the kernel",
-        ),
-    ]
-    for decorate in decorators:
-        func = decorate(func)
+class _HelpFormatter(MagicHelpFormatter):
+    """IPython's formatter without its reST markup (a ``::`` before the usage line, which
+    ``%%parallel?`` showed, and ``<>`` around metavars)."""
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: Any = None) -> None:
+        argparse.RawDescriptionHelpFormatter.add_usage(self, usage, actions, groups, "Usage: ")
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        # argparse's own "--cache [DIR]": IPython wraps it in <> only to keep reST valid
+        return argparse.RawDescriptionHelpFormatter._format_action_invocation(self, action)
+
+
+def _usage(*forms: str) -> kwds:
+    # argparse %-formats the usage, so a magic's own % signs are doubled
+    return kwds(
+        usage="\n       ".join(f.replace("%", "%%") for f in forms), formatter_class=_HelpFormatter
+    )
+
+
+class _Toggle(argparse.Action):
+    """``--progress`` sets True, ``--no-progress`` False; absent, nothing (the default applies).
+
+    argparse.BooleanOptionalAction does the same, but some Python versions append a
+    "(default: ...)" to its help that would show argparse.SUPPRESS.
+    """
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, not option_string.startswith("--no-"))
+
+
+def _arguments(option: Option) -> list[argument]:
+    """The argparse declarations of one table entry; unset flags leave no attribute."""
+    text = spell(option.help, magic=True)
+    if option.alias_of is None:
+        text += f"; default: {option.show(option.default)}"
+    common = {"dest": option.name, "default": argparse.SUPPRESS, "help": text}
+    off = "--no-" + option.flag[2:]
+    if option.type is bool:
+        return [argument(option.flag, off, action=_Toggle, nargs=0, **common)]
+    flags = [option.short, option.flag] if option.short else [option.flag]
+    if option.const is not None:
+        found = [argument(*flags, nargs="?", const=option.const, metavar=option.metavar, **common)]
+    else:
+        found = [argument(*flags, metavar=option.metavar, **common)]
+    if option.negatable:
+        common["help"] = f"turn {option.flag} off"
+        found.append(argument(off, action="store_const", const=option.off, **common))
+    return found
+
+
+_HELP = argument("-h", "--help", action="store_true", default=False, help="show this help")
+_DECLARATIONS = [decl for option in TABLE for decl in _arguments(option)] + [_HELP]
+
+#: Flags that take a value (as their long spelling), so that "--sweep -1,2" reaches the
+#: option's check as a value instead of argparse reading "-1,2" as an unknown flag.
+_VALUE_FLAGS = {
+    flag: option.flag
+    for option in TABLE
+    if option.type is not bool and option.const is None
+    for flag in filter(None, (option.short, option.flag))
+}
+_FLAGS = {s for decl in _DECLARATIONS for s in decl.args} | {"--"}
+#: Flags whose value is optional, and what they mean alone (--cache: auto).
+_CONST_FLAGS = {option.flag: option.const for option in TABLE if option.const is not None}
+
+
+def _option_arguments(func: Any) -> Any:
+    """The table's flags and ``-h``, on ``%%parallel``, ``%pmap`` and ``%parmagic``."""
+    for declaration in reversed(_DECLARATIONS):  # IPython lists them in source order
+        func = declaration(func)
     return func
 
 
+def parse_line(magic: Any, line: str, *, expression: bool = False) -> Any:
+    """``line`` parsed by ``magic``'s IPython parser; None when ``-h`` printed the help.
+
+    With ``expression`` (``%pmap``), options come first and ``args.expression`` is the rest
+    of the line, verbatim: IPython's partial parsing (``parse_known_args``) finds where the
+    options end, and ``-`` or ``--`` later in the expression are the expression's.
+    """
+    try:
+        tokens = arg_split(line, strict=not expression)
+    except ValueError as exc:
+        raise UsageError(f"cannot read the options: {exc}") from None
+    argv, spans = _glue_values(tokens, expression)
+    if expression:
+        args, unknown = magic.parser.parse_known_args(argv)
+        if unknown:
+            raise UsageError(
+                f"unrecognized option {unknown[0]!r}; options go before the expression "
+                "(start an expression that begins with '-' after '--')"
+            )
+        args.expression = _rest_after(line, sum(spans[: len(argv) - len(args.expression)]))
+    else:
+        args = magic.parser.parse_args(argv)
+    if args.help:
+        print(magic.__doc__)
+        return None
+    return args
+
+
+def _glue_values(tokens: list[str], expression: bool) -> tuple[list[str], list[int]]:
+    """``["--sweep", "-1,2"]`` -> ``["--sweep=-1,2"]``; also how many tokens each one took.
+
+    Before an expression, a flag whose value is optional (``--cache``) takes none: its value
+    then needs ``=`` (``--cache=DIR``), so it cannot swallow the expression's first word.
+    """
+    argv: list[str] = []
+    spans: list[int] = []
+    i = 0
+    while i < len(tokens):
+        token, following = tokens[i], tokens[i + 1] if i + 1 < len(tokens) else ""
+        if token in _VALUE_FLAGS and following.startswith("-") and following not in _FLAGS:
+            argv.append(f"{_VALUE_FLAGS[token]}={following}")
+            spans.append(2)
+        else:
+            argv.append(
+                f"{token}={_CONST_FLAGS[token]}" if expression and token in _CONST_FLAGS else token
+            )
+            spans.append(1)
+        i += spans[-1]
+    return argv, spans
+
+
+def _rest_after(line: str, n_tokens: int) -> str:
+    """``line`` after its first ``n_tokens`` tokens (as ``arg_split`` splits), verbatim."""
+    lexer = shlex.shlex(line, posix=False)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    try:
+        for _ in range(n_tokens):
+            lexer.get_token()
+    except ValueError:  # an open quote among the options: nothing is left for an expression
+        return ""
+    rest = line[lexer.instream.tell() :].strip()
+    if rest == "--" or rest.startswith("-- "):
+        rest = rest[2:].strip()  # "--" ends the options: an expression may then begin with -
+    return rest
+
+
 def options_from_args(args: Any) -> dict[str, Any]:
-    """Parsed magic arguments -> keyword options for the API (unset ones left out)."""
-    options = {
-        "n_jobs": args.n_jobs,
-        "backend": args.backend,
-        "prefer": args.prefer,
-        "scheduler": args.scheduler,
-        "timeout": args.timeout,
-        "on_error": args.on_error,
-        "chunksize": _chunksize(args.chunksize),
-        "compare": args.compare,
-        "compare_sample": args.compare_sample,
-        "sweep": args.sweep,
-    }
-    if args.no_progress:
-        options["progress"] = False
-    if args.compare_sample is not None:
-        options["compare"] = True
-    options = {k: v for k, v in options.items() if v is not None}
+    """Parsed magic arguments -> API keywords (only the options given), validated now.
+
+    A bad value is a one-line ``UsageError`` naming the flag, raised before anything runs
+    or changes.
+    """
+    given = {name: value for name, value in vars(args).items() if name in BY_NAME}
     try:
-        api.resolve_options(**options)  # validate now: a bad value changes nothing
+        options = {
+            name: BY_NAME[name].from_text(value) if isinstance(value, str) else value
+            for name, value in given.items()
+        }
+        api.resolve_options(**options)
     except OptionError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(exc.for_magic()) from None
     return options
-
-
-def _chunksize(value: str | None) -> int | str | None:
-    if value is None or value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(
-            f"--chunksize must be a positive integer or 'auto', not {value!r}"
-        ) from None
-
-
-#: Options of %pmap that take a value (the rest are flags); the expression follows them.
-_VALUE_OPTIONS = {
-    "-n",
-    "--n-jobs",
-    "--backend",
-    "--prefer",
-    "--scheduler",
-    "--timeout",
-    "--on-error",
-    "--chunksize",
-    "--sweep",
-    "--compare-sample",
-}
-
-
-def split_options(line: str) -> tuple[str, str]:
-    """``"-n 2 --no-progress f(x) for x in xs"`` -> ``("-n 2 --no-progress", "f(x) for x in xs")``."""
-    rest = line.lstrip()
-    taken = []
-    while rest.startswith("-") and len(rest) > 1 and (rest[1].isalpha() or rest[1] == "-"):
-        token, _, rest = rest.partition(" ")
-        rest = rest.lstrip()
-        taken.append(token)
-        if "=" not in token and token in _VALUE_OPTIONS:
-            value, _, rest = rest.partition(" ")
-            rest = rest.lstrip()
-            taken.append(value)
-    return " ".join(taken), rest
 
 
 @magics_class
@@ -135,19 +193,21 @@ class ParallelMagics(Magics):
     """``%%parallel``, ``%pmap`` and ``%parmagic``."""
 
     @magic_arguments()
-    @_shared_options
+    @_usage("%%parallel [options]")
+    @_option_arguments
     @cell_magic
     def parallel(self, line: str, cell: str) -> Any:
-        """Run the cell's top-level for loops and comprehensions in parallel, with the serial result.
+        """Run the cell with its top-level for loops and comprehensions in parallel.
 
-        Statements outside the loops run in the kernel, in order; effects such as
-        results.append(x), d[k] = v and total += x are replayed in iteration order;
-        the loop variable and body locals end as the serial loop leaves them.
+        The cell ends as it would without the magic: statements outside the loops run
+        in the kernel, in order; effects such as results.append(x), d[k] = v and
+        total += x are replayed in iteration order; the loop variable and body locals
+        end as the serial loop leaves them. The options below apply to this cell;
+        %parmagic config sets them for later cells.
         """
         __tracebackhide__ = True
-        args = parse_argstring(self.parallel, line)
-        if args.help:
-            print(self.parallel.__doc__)
+        args = parse_line(self.parallel, line)
+        if args is None:
             return None
         options = options_from_args(args)
         full = f"%%parallel {line}\n{cell}"
@@ -163,20 +223,30 @@ class ParallelMagics(Magics):
         )
 
     @magic_arguments()
-    @_shared_options
-    @argument("expression", nargs="*", help="f(x) for x in xs   or   func, iterable[, iterable...]")
+    @_usage("%pmap [options] f(x) for x in xs", "%pmap [options] func, xs[, ys ...]")
+    @_option_arguments
+    @argument(
+        "expression",
+        nargs=argparse.REMAINDER,
+        help="f(x) for x in xs, or func, iterable[, iterable ...]",
+    )
     @line_magic
     def pmap(self, line: str) -> Any:
-        """Parallel map on one line: ``%pmap f(x) for x in xs`` or ``%pmap func, xs[, ys]``; returns a list."""
+        """Parallel map on one line; returns a list, in order.
+
+        %pmap f(x) for x in xs runs the comprehension's iterations in parallel;
+        %pmap func, xs, ys is list(map(func, xs, ys)). Options come first; put -- before
+        an expression that begins with a minus sign. Here a cache folder is given as
+        --cache=DIR (--cache alone: the folder beside the notebook).
+        """
         __tracebackhide__ = True
-        option_text, expression = split_options(line)
-        args = parse_argstring(self.pmap, option_text)
-        if args.help:
-            print(self.pmap.__doc__)
+        args = parse_line(self.pmap, line, expression=True)
+        if args is None:
             return None
-        if not expression.strip():
-            raise UsageError("%pmap needs an expression: %pmap f(x) for x in xs, or %pmap func, xs")
         options = options_from_args(args)
+        expression = args.expression
+        if not expression:
+            raise UsageError("%pmap needs an expression: %pmap f(x) for x in xs, or %pmap func, xs")
         if _is_comprehension(expression):
             source = f"[{expression}]"
             filename = self.shell.compile.cache(source, self.shell.execution_count)
@@ -196,21 +266,29 @@ class ParallelMagics(Magics):
         return values[0], values[1:]
 
     @magic_arguments()
-    @_shared_options
+    @_usage("%parmagic [status]", "%parmagic config [options]", "%parmagic shutdown")
+    @_option_arguments
     @argument("command", nargs="?", default="status", help="status (default), config or shutdown")
     @line_magic
     def parmagic(self, line: str) -> Any:
-        """Pool status and settings: ``%parmagic status``, ``%parmagic config -n 4 ...``, ``%parmagic shutdown``."""
-        args = parse_argstring(self.parmagic, line)
-        if args.help:
-            print(self.parmagic.__doc__)
+        """The kernel's pool and the session defaults.
+
+        %parmagic status shows the backend, workers, their pids and memory, and how many
+        iterations ran. %parmagic config lists the defaults later cells get, and with
+        options changes them (all or nothing: a bad value changes none).
+        %parmagic shutdown stops the pools; the next parallel cell starts fresh ones.
+        """
+        args = parse_line(self.parmagic, line)
+        if args is None:
             return None
+        options = options_from_args(args)
+        if options and args.command != "config":
+            raise UsageError("options go with %parmagic config, e.g. %parmagic config -n 4")
         if args.command == "status":
             print(format_status(api.status()))
         elif args.command == "config":
-            options = options_from_args(args)
             new = set_defaults(**options) if options else defaults()
-            print(f"parmagic defaults: {new}")
+            print(f"parmagic defaults for later cells:\n{format_options(new)}")
         elif args.command == "shutdown":
             api.shutdown()
             print("parmagic: pools shut down; the next parallel cell starts a fresh one")
