@@ -26,6 +26,7 @@ from .api import pmap, run_cell, shutdown, status
 from .engine import last_run, recent_runs
 from .errors import (
     BackendUnavailableError,
+    CapturedChangeError,
     CollectedErrors,
     IterationTimeoutError,
     ParmagicError,
@@ -33,6 +34,7 @@ from .errors import (
     RemoteTraceback,
     UnsendableValueError,
     WorkerDiedError,
+    WritebackError,
 )
 from .options import OptionError, Options, config, defaults, set_defaults
 from .record import IterationRecord, RunRecord
@@ -41,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "CapturedChangeError",
     "CollectedErrors",
     "IterationRecord",
     "IterationTimeoutError",
@@ -52,6 +55,7 @@ __all__ = [
     "RunRecord",
     "UnsendableValueError",
     "WorkerDiedError",
+    "WritebackError",
     "config",
     "defaults",
     "last_run",

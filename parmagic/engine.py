@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from .backends.base import Backend
 from .batching import Batcher
-from .errors import CollectedErrors, RemoteTraceback
+from .errors import CollectedErrors, RemoteTraceback, WritebackError
 from .listener import PlainListener, RunListener
 from .options import Options
 from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
@@ -35,6 +35,8 @@ from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_modul
 from .supervisor import Supervisor
 from .worker.batch import RoutingStream, run_batch
 from .worker.protocol import RESERVED, BatchResult, Payload, PayloadRef
+from .worker.tracking import ItemChange, ItemRef
+from .worker.writeback import merge_into
 
 #: Batches in flight per worker: enough to keep every worker fed while results travel.
 IN_FLIGHT_PER_WORKER = 2
@@ -105,6 +107,8 @@ class LoopRun:
     failures: list[tuple[int, Any, BaseException]] = field(default_factory=list)
     first_error: tuple[int, BaseException, str] | None = None
     ref: PayloadRef | None = None
+    #: id of each kernel item an iteration changed -> that iteration
+    written: dict[int, int] = field(default_factory=dict)
 
     @property
     def collect(self) -> bool:
@@ -246,6 +250,9 @@ def _payload(step: LoopStep, cell: CellRun, backend: Backend) -> Payload:
         timeout=cell.options.timeout,
         pickle_locals=backend.pickles_locals,
         output_per_thread=backend.output_per_thread,
+        track_changes=backend.pickles_locals,
+        effect_sites=len(step.replays),
+        lineno=step.lineno,
     )
 
 
@@ -383,18 +390,28 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
     """Apply a batch's iterations in order; return True when the loop must stop.
 
     Effects come in the order the worker made them, so replaying them in that
-    order is replaying them in iteration order.
+    order is replaying them in iteration order; each output is shown, and each
+    changed item merged into the kernel's own object, after the effects made
+    before it.
     """
     __tracebackhide__ = True
+    if result.refs:
+        _resolve_refs(run, result, chunk)
     outputs: dict[int, str] = {}
     applied = 0
     failed = None
-    for k, stream, text, before in result.outputs:
-        if before > applied:  # effects made before this output, in the worker's order
+    for before, event in _events(result):
+        if before > applied:  # effects made before this event, in the worker's order
             failed = _replay(run, result.effects[applied:before], applied)
             if failed:
                 break
             applied = before
+        if isinstance(event, ItemChange):
+            failed = _write_back(run, event, chunk[event.k - result.start], applied)
+            if failed:
+                break
+            continue
+        k, stream, text, _ = event
         run.listener.on_output(k, stream, text)
         outputs[k] = outputs.get(k, "") + text
     else:
@@ -416,8 +433,69 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
         task.errors[k], task.items[k] = exc, item
         _note_failure(run, k, item, exc, tb)
     run.record.add_task(task)
+    if result.refs:
+        _own_locals(result, chunk)
     run.final_locals.update(result.locals)
     return run.first_error is not None and not run.collect
+
+
+def _events(result: BatchResult) -> list[tuple[int, Any]]:
+    """Outputs and item changes, each with the count of effects made before it, in order."""
+    if not result.item_changes:
+        return [(entry[3], entry) for entry in result.outputs]
+    keyed = [((e[3], e[0], 0), e) for e in result.outputs]
+    keyed += [((c.effects_before, c.k, 1), c) for c in result.item_changes]
+    keyed.sort(key=lambda pair: pair[0])
+    return [(key[0], event) for key, event in keyed]
+
+
+def _write_back(run: LoopRun, change: ItemChange, item: Any, offset: int) -> _FailedEffect | None:
+    """Merge iteration k's changed item into the kernel's object, in place."""
+    import cloudpickle
+
+    if id(item) in run.written and run.written[id(item)] != change.k:
+        error = WritebackError(
+            f"iteration {change.k} changed its item, a {type(item).__qualname__} that "
+            f"iteration {run.written[id(item)]} had changed too: each worker changed its own "
+            "copy, so the second change started from a stale state; give each iteration its "
+            "own object"
+        )
+        return _FailedEffect(offset, error)
+    try:
+        merge_into(item, cloudpickle.loads(change.state))
+    except WritebackError as exc:
+        return _FailedEffect(offset, exc)
+    run.written[id(item)] = change.k
+    return None
+
+
+def _resolve_refs(run: LoopRun, result: BatchResult, chunk: list) -> None:
+    """Effect values that stand for a loop item become the kernel's own item."""
+
+    def own(value: Any) -> Any:
+        if not isinstance(value, ItemRef):
+            return value
+        item = chunk[value.k - result.start]
+        return item if value.part < 0 else item[value.part]
+
+    if len(run.replay) == 1:
+        result.effects = [tuple(own(v) for v in values) for values in result.effects]
+    else:
+        result.effects = [(eid, tuple(own(v) for v in vs)) for eid, vs in result.effects]
+
+
+@dataclass
+class _KernelObject:
+    """A local that is the kernel's own object (a loop item), not a worker's pickled copy."""
+
+    value: Any
+
+
+def _own_locals(result: BatchResult, chunk: list) -> None:
+    for name, value in result.locals.items():
+        if isinstance(value, ItemRef):
+            item = chunk[value.k - result.start]
+            result.locals[name] = _KernelObject(item if value.part < 0 else item[value.part])
 
 
 def _replay(run: LoopRun, effects: list, offset: int = 0) -> _FailedEffect | None:
@@ -591,12 +669,21 @@ def _cell_line(tb: str, filename: str) -> int | None:
 
 
 def _bind_locals(run: LoopRun, namespace: dict[str, Any]) -> None:
-    """Leave the loop target and body locals as the serial loop would (for loops only)."""
+    """Leave the loop target and body locals as the serial loop would (for loops only).
+
+    A local that was a loop item is the kernel's own item (``est`` after
+    ``for est in estimators`` is ``estimators[-1]``), not a worker's copy.
+    """
     if not run.step.bind_locals or not run.final_locals:
         return
-    if run.backend.pickles_locals:
-        import cloudpickle
+    values = {}
+    for name, value in run.final_locals.items():
+        if isinstance(value, _KernelObject):
+            values[name] = value.value
+        elif run.backend.pickles_locals:
+            import cloudpickle
 
-        namespace.update({k: cloudpickle.loads(v) for k, v in run.final_locals.items()})
-    else:
-        namespace.update(run.final_locals)
+            values[name] = cloudpickle.loads(value)
+        else:
+            values[name] = value
+    namespace.update(values)

@@ -7,6 +7,8 @@
     ├── UnsendableValueError          a captured value cannot be pickled for the workers
     ├── IterationTimeoutError         an iteration ran longer than --timeout
     ├── WorkerDiedError               the worker holding an iteration died
+    ├── CapturedChangeError           an iteration changed a captured object in its worker
+    ├── WritebackError                a changed loop item cannot be updated in place
     ├── CollectedErrors               --on-error collect: every failed iteration, at the end
     └── BackendUnavailableError       a backend's optional dependency is missing
 
@@ -46,6 +48,15 @@ class UnsendableValueError(_OneLineError):
 
 class IterationTimeoutError(ParmagicError, TimeoutError):
     """An iteration ran longer than the ``--timeout`` allowed."""
+
+
+class CapturedChangeError(ParmagicError):
+    """An iteration changed a captured object (or a global of a called function) in its
+    worker, in a way the kernel cannot replay: the change would be lost."""
+
+
+class WritebackError(ParmagicError):
+    """An object an iteration changed cannot be brought into the kernel's object in place."""
 
 
 class WorkerDiedError(ParmagicError):

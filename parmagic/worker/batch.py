@@ -10,6 +10,7 @@ iteration; the kernel commits them in iteration order.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import linecache
 import marshal
@@ -25,6 +26,8 @@ from typing import Any
 from ..errors import IterationTimeoutError, _short_repr
 from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
 from .protocol import RESERVED, BatchResult, Payload, PayloadRef
+from .tracking import CapturedWatch, ItemRef, ItemTracker
+from .writeback import WritebackError, merge_into
 
 
 def raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> bool:
@@ -44,6 +47,7 @@ class _Cache:
     key: str | None = None
     payload: Payload | None = None
     fn: Any = None
+    watch: CapturedWatch | None = None
 
 
 _cache = _Cache()
@@ -62,6 +66,7 @@ def _batch_function(ref: PayloadRef) -> tuple[Payload, Any]:
         fn = glb["__pm_batch"]
         fn.__code__ = _as_cell_code(fn.__code__)
         _cache.key, _cache.payload, _cache.fn = ref.key, payload, fn
+        _cache.watch = CapturedWatch(payload.captured) if payload.track_changes else None
     return _cache.payload, _cache.fn
 
 
@@ -119,6 +124,54 @@ class _BatchState:
         self.interrupted = False
         # the body calls mark(perf_counter()) per iteration: a bare list.append when it can
         self.mark = self._mark_and_arm if timeout or track else result.marks.append
+        self.tracker: ItemTracker | None = None
+
+    def track_items(self, items: list, single_effect: bool) -> None:
+        """Compare each non-atomic item before and after its iteration (process workers)."""
+        self.tracker = ItemTracker(items, self.start)
+        self._plain_mark, self.mark = self.mark, self._mark_tracked
+        self._single = single_effect
+        self.record = self._record_refs
+
+    def _mark_tracked(self, now: float) -> None:
+        self.end_item()
+        self._plain_mark(now)
+        self.tracker.begin(self.current)
+
+    def end_item(self) -> None:
+        """The tracked iteration ended: keep its item's change, if it can reach the kernel."""
+        change = self.tracker.end(len(self.result.effects))
+        if change is None:
+            return
+        import cloudpickle
+
+        k = change.k
+        try:  # the kernel will merge the new state into its object: make sure it can
+            merge_into(self.tracker.before_copy(k), cloudpickle.loads(change.state))
+        except WritebackError as exc:
+            self.tracker.changes.pop()
+            item = self.tracker.items[k - self.start]
+            raise WritebackError(
+                f"iteration {k} changed its item, a {type(item).__qualname__}, which {exc}; "
+                "assign what you need to a kernel object instead (results.append(...))"
+            ) from None
+        self.result.item_changes.append(change)
+
+    def _record_refs(self, record: Any) -> None:
+        k = self.current
+        ref = self.tracker.as_ref
+        if self._single:
+            values = tuple(ref(v, k) for v in record)
+            refs = any(a is not b for a, b in zip(values, record, strict=True))
+        else:
+            eid, raw = record
+            values = tuple(ref(v, k) for v in raw)
+            refs = any(a is not b for a, b in zip(values, raw, strict=True))
+            values = (eid, values)
+        if refs:
+            self.result.refs = True
+            record = values
+        self.result.effects.append(record)
 
     @property
     def current(self) -> int:
@@ -206,6 +259,10 @@ def run_batch(
     state = _BatchState(result, _usable_timeout(payload.timeout), slot, track, items)
     if stop_at_effect is not None:
         state.record = _stop_at(stop_at_effect)
+    elif payload.track_changes:
+        state.track_items(items, payload.effect_sites == 1)
+    watch = _cache.watch if stop_at_effect is None and _cache.watch is not None else None
+    before = watch.snapshot() if watch is not None and watch.watched else None
     if slot is not None and not track:
         slot.write(start, start, RUNNING if len(items) == 1 else BATCH)
     old_out, old_err = sys.stdout, sys.stderr
@@ -241,10 +298,51 @@ def run_batch(
             _thread_capture.state = None
         else:
             sys.stdout, sys.stderr = old_out, old_err
+    if before is not None and watch.changed(before):
+        if len(items) > 1:  # which iteration did it? run them again one by one, from fresh copies
+            return _one_by_one(ref, start, items, slot, payload.collect)
+        _captured_changes(payload, before, result)
     result.ran = len(result.marks)
     if payload.pickle_locals:
         pickle_locals(result)
     return result
+
+
+def _one_by_one(
+    ref: PayloadRef, start: int, items: list, slot: BoardSlot | None, collect: bool
+) -> BatchResult:
+    """Run a batch again an iteration at a time, on fresh copies of the captured values,
+    up to the first iteration that fails (every one, with --on-error collect)."""
+    _cache.key = None
+    parts = []
+    for i, item in enumerate(items):
+        part = run_batch(ref, start + i, [item], slot)
+        parts.append(part)
+        if part.errors and not collect:
+            break
+    return _concat(parts)
+
+
+def _concat(parts: list[BatchResult]) -> BatchResult:
+    """Consecutive one-iteration results as one batch result (effect counts offset)."""
+    import dataclasses
+
+    out = parts[0]
+    for part in parts[1:]:
+        n = len(out.effects)
+        out.effects += part.effects
+        out.outputs += [(k, stream, text, before + n) for k, stream, text, before in part.outputs]
+        out.item_changes += [
+            dataclasses.replace(c, effects_before=c.effects_before + n) for c in part.item_changes
+        ]
+        out.marks += part.marks
+        out.end = part.end
+        out.errors += part.errors
+        out.locals.update(part.locals)
+        out.unsent_locals += part.unsent_locals
+        out.refs = out.refs or part.refs
+        out.ran += part.ran
+    return out
 
 
 class _ThreadAlarm:
@@ -301,7 +399,10 @@ def _run_items(payload: Payload, fn: Any, state: _BatchState, start: int, items:
         try:
             local_ns = fn(items[pos:] if pos else items, state.record, state.mark)
             state.close()
+            if state.tracker is not None:
+                state.end_item()
             state.result.locals.update(_user_locals(local_ns))
+            _refs_in_locals(state)
             return
         except BaseException as raised:  # noqa: B036 - a worker must report everything
             state.close()
@@ -309,12 +410,48 @@ def _run_items(payload: Payload, fn: Any, state: _BatchState, start: int, items:
                 state.result.locals.update(_user_locals(_failing_frame_locals(raised, fn)))
                 return
             k = state.current
+            if state.tracker is not None and not isinstance(raised, WritebackError):
+                with contextlib.suppress(WritebackError):
+                    state.end_item()  # what the failing iteration did to its item, as plain
             exc = _timeout_error(raised, state, payload.timeout)
             state.result.locals.update(_user_locals(_failing_frame_locals(raised, fn)))
+            _refs_in_locals(state)
             state.result.errors.append((k, exc, _format_traceback(exc, payload.filename)))
             if isinstance(exc, KeyboardInterrupt) or not payload.collect:
                 return
             pos = k - start + 1
+
+
+def _refs_in_locals(state: _BatchState) -> None:
+    """Locals that are the last iteration's item travel as references to the kernel's item."""
+    if state.tracker is None or not state.result.marks:
+        return
+    k = state.current
+    for name, value in state.result.locals.items():
+        ref = state.tracker.as_ref(value, k)
+        if ref is not value:
+            state.result.locals[name] = ref
+            state.result.refs = True
+
+
+def _captured_changes(payload: Payload, before: list, result: BatchResult) -> None:
+    """A captured value (or a called function's global) changed in this one-iteration batch:
+    the iteration fails, naming it; the kernel's object would never see the change."""
+    from ..errors import CapturedChangeError
+
+    changed = _cache.watch.changed(before)
+    if not changed or not result.marks:
+        return
+    label, value = changed[0]
+    k = result.start
+    error = CapturedChangeError(
+        f"iteration {k} changed the captured {label} "
+        f"({type(value).__module__}.{type(value).__qualname__}) in its worker "
+        f"(loop at line {payload.lineno}): the kernel's object would not see the change. "
+        "Make the change a statement of the loop body (results.append(x), d[k] = v), "
+        "return the value from the function instead, or run with --backend threads"
+    )
+    result.errors = [e for e in result.errors if e[0] != k] + [(k, error, "")]
 
 
 class _StopAtEffect(Exception):
@@ -358,6 +495,8 @@ def pickle_locals(result: BatchResult) -> None:
     import cloudpickle
 
     for name, value in list(result.locals.items()):
+        if isinstance(value, ItemRef):  # stands for the kernel's own item: travels as it is
+            continue
         try:
             result.locals[name] = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:

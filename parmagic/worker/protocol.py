@@ -32,6 +32,11 @@ class Payload:
     #: prints are captured per thread (several batches share the process: threads, dask),
     #: rather than by replacing the process's sys.stdout (a process worker runs one batch)
     output_per_thread: bool = False
+    #: compare items and captured values before and after iterations (process backends:
+    #: the worker changes copies, see worker/tracking.py)
+    track_changes: bool = False
+    effect_sites: int = 0  # effect statements in the body (1: records are bare values)
+    lineno: int = 0  # the loop's line in the cell, for errors that name it
 
 
 class PayloadRef:
@@ -133,3 +138,5 @@ class BatchResult:
     errors: list[tuple[int, BaseException, str]] = field(default_factory=list)  # (k, exc, tb)
     locals: dict[str, Any] = field(default_factory=dict)  # values, or cloudpickle bytes
     unsent_locals: list[str] = field(default_factory=list)
+    item_changes: list[Any] = field(default_factory=list)  # tracking.ItemChange, in order
+    refs: bool = False  # some effect value or local is a tracking.ItemRef to resolve

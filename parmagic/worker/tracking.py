@@ -1,0 +1,193 @@
+"""What an iteration did to kernel objects it holds copies of: found by comparing states.
+
+A worker holds copies of the kernel's objects: the loop's items (``for est in
+estimators``) and the captured values. SPEC §2 asks that a change to an item
+reaches the kernel's own object in place, and that a change to a captured
+object (or to a global a called function reaches) is never silently lost. Both
+are found at run time, by comparing an object's pickled state before and after
+an iteration, never by guessing from method names:
+
+* :class:`ItemTracker`: per iteration, the state of a non-atomic item before and
+  after; a changed item travels back as its new state, and the kernel merges it
+  into its own object (:mod:`parmagic.writeback`). Items that cannot change
+  (ints, strings, tuples of them) cost nothing.
+* :class:`CapturedWatch`: per batch, the state of each captured value (and each
+  global of a captured function) that could change; a change fails the iteration
+  that made it, naming the object.
+* :class:`ItemRef`: an effect value or local that *is* an item travels as a
+  reference to it, so the kernel uses its own object (``results.append(est)``
+  appends the kernel's estimator, and the loop target after the loop is the
+  kernel's last item).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import types
+from dataclasses import dataclass
+from typing import Any
+
+#: Types whose instances cannot change: an item of these needs no check at all.
+_ATOMS = (int, float, complex, str, bytes, bool, type(None), range, slice)
+#: Captured values of these kinds are not watched: code and modules, not data.
+_UNWATCHED = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+
+
+def is_atomic(value: Any) -> bool:
+    """True for values that cannot be changed in place (ints, strings, tuples of them)."""
+    if isinstance(value, _ATOMS):
+        return True
+    if type(value) in (tuple, frozenset):
+        return all(is_atomic(v) for v in value)
+    return False
+
+
+def state_of(obj: Any) -> bytes | None:
+    """The object's state as bytes (cloudpickle), or None when it cannot be pickled."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # an unpicklable object cannot be tracked (nor sent back)
+        return None
+
+
+def digest_of(obj: Any) -> bytes | None:
+    """A digest of the object's state; read-only buffers (the run's shared arrays) by size only,
+    since nothing can change them."""
+    import cloudpickle
+
+    h = hashlib.blake2b(digest_size=16)
+
+    def buffer(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        h.update(raw.nbytes.to_bytes(8, "little"))
+        if not raw.readonly:
+            h.update(raw)
+        return False  # out of band: not copied into the stream
+
+    try:
+        h.update(cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer))
+    except Exception:  # cannot be pickled: cannot be watched
+        return None
+    return h.digest()
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """Stands for iteration ``k``'s item (``part`` >= 0: that element of a tuple item)."""
+
+    k: int
+    part: int = -1
+
+
+@dataclass
+class ItemChange:
+    """Iteration ``k`` changed its item: its new state, and the effects recorded before it."""
+
+    k: int
+    effects_before: int
+    state: bytes
+
+
+class ItemTracker:
+    """Per iteration of a batch: snapshot the item, compare after, keep what changed."""
+
+    def __init__(self, items: list, start: int):
+        self.items = items
+        self.start = start
+        self.k: int | None = None
+        self.before: bytes | None = None
+        self.last_before: bytes | None = None
+        self.changes: list[ItemChange] = []
+
+    def begin(self, k: int) -> None:
+        """Iteration ``k`` starts: remember its item's state (nothing for atomic items)."""
+        item = self.items[k - self.start]
+        self.k = k
+        self.before = None if is_atomic(item) else state_of(item)
+
+    def end(self, effects_before: int) -> ItemChange | None:
+        """The current iteration ended: its item's change, if it changed."""
+        k, before = self.k, self.before
+        self.k = self.before = None
+        self.last_before = before
+        if k is None or before is None:
+            return None
+        after = state_of(self.items[k - self.start])
+        if after is None or after == before:
+            return None
+        change = ItemChange(k, effects_before, after)
+        self.changes.append(change)
+        return change
+
+    def before_copy(self, k: int) -> Any:
+        """A copy of the item as the iteration that just ended received it."""
+        import cloudpickle
+
+        return cloudpickle.loads(self.last_before)
+
+    def as_ref(self, value: Any, k: int) -> Any:
+        """``value`` itself, or an ItemRef when it is iteration ``k``'s item or part of it."""
+        if not self.items or is_atomic(value):
+            return value
+        item = self.items[k - self.start]
+        if value is item:
+            return ItemRef(k)
+        if type(item) is tuple:
+            for j, part in enumerate(item):
+                if value is part:
+                    return ItemRef(k, j)
+        return value
+
+
+class CapturedWatch:
+    """The captured values (and called functions' globals) an iteration could change."""
+
+    def __init__(self, captured: dict[str, Any]):
+        self.watched: list[tuple[str, Any]] = []
+        seen: set[int] = set()
+        for name, value in captured.items():
+            self._add(repr(name), value, seen)
+            if isinstance(value, types.FunctionType):
+                self._add_globals(value, seen, depth=0)
+
+    def _add(self, label: str, value: Any, seen: set[int]) -> None:
+        if id(value) in seen or is_atomic(value) or isinstance(value, _UNWATCHED):
+            return
+        seen.add(id(value))
+        self.watched.append((label, value))
+
+    def _add_globals(self, fn: types.FunctionType, seen: set[int], depth: int) -> None:
+        if depth > 3:
+            return
+        names = _names(fn.__code__)
+        for name in sorted(names & set(fn.__globals__)):
+            value = fn.__globals__[name]
+            if isinstance(value, types.FunctionType):
+                if id(value) not in seen:
+                    seen.add(id(value))
+                    self._add_globals(value, seen, depth + 1)
+                continue
+            self._add(f"global {name!r} (used by {fn.__qualname__}())", value, seen)
+
+    def snapshot(self) -> list[bytes | None]:
+        """The digest of every watched value."""
+        return [digest_of(value) for _, value in self.watched]
+
+    def changed(self, before: list[bytes | None]) -> list[tuple[str, Any]]:
+        """The watched values whose state differs from ``before``."""
+        out = []
+        for (label, value), old in zip(self.watched, before, strict=True):
+            if old is not None and digest_of(value) != old:
+                out.append((label, value))
+        return out
+
+
+def _names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
