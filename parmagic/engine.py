@@ -31,6 +31,8 @@ from .errors import CollectedErrors, RemoteTraceback
 from .listener import PlainListener, RunListener
 from .options import Options
 from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
+from .replay_output import STREAMS as RICH_STREAMS
+from .replay_output import replay, routed_in_kernel, settings
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
 from .supervisor import Supervisor
 from .worker.batch import RoutingStream, run_batch
@@ -163,12 +165,12 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     )
     _runs.append(run.record)
     started = time.perf_counter()
-    run.ref = backend.publish(_payload(step, cell, backend))
+    run.ref = backend.publish(_payload(step, cell, backend, dry))
     supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
     try:
         run.record.startup = time.perf_counter() - started
         run.listener.on_start(run.record)
-        with _routed_output(backend.in_kernel):
+        with _routed_output(backend.in_kernel), routed_in_kernel(backend.in_kernel):
             _drive(run, iter(iterable), supervisor)
     except KeyboardInterrupt:
         _bind_locals(run, namespace)
@@ -193,6 +195,9 @@ class _SilentListener(PlainListener):
     """Swallows output: a dry run shows nothing."""
 
     def on_output(self, index: int, stream: str, text: str) -> None:
+        """Dropped."""
+
+    def on_display(self, index: int, data: dict, metadata: dict, **kwargs: Any) -> None:
         """Dropped."""
 
 
@@ -232,7 +237,7 @@ def _make_replays(
     return make(accumulator)
 
 
-def _payload(step: LoopStep, cell: CellRun, backend: Backend) -> Payload:
+def _payload(step: LoopStep, cell: CellRun, backend: Backend, dry: bool = False) -> Payload:
     namespace = cell.namespace
     captured = {n: namespace[n] for n in step.analysis.captured if n in namespace}
     captured[SLICE] = slice
@@ -246,6 +251,8 @@ def _payload(step: LoopStep, cell: CellRun, backend: Backend) -> Payload:
         timeout=cell.options.timeout,
         pickle_locals=backend.pickles_locals,
         output_per_thread=backend.output_per_thread,
+        # process workers capture displays, warnings, log records under the kernel's settings
+        rich=None if backend.in_kernel or dry else settings(),
     )
 
 
@@ -395,6 +402,10 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
             if failed:
                 break
             applied = before
+        if stream in RICH_STREAMS:  # a display, warning or log record: replayed in the kernel
+            if not isinstance(run.listener, _SilentListener):
+                replay(run.listener, k, stream, text, run.cell.namespace)
+            continue
         run.listener.on_output(k, stream, text)
         outputs[k] = outputs.get(k, "") + text
     else:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .rich import RichSettings
+
 #: Prefix of every name the rewriter introduces; never shown to the user.
 RESERVED = "__pm_"
 
@@ -32,6 +34,9 @@ class Payload:
     #: prints are captured per thread (several batches share the process: threads, dask),
     #: rather than by replacing the process's sys.stdout (a process worker runs one batch)
     output_per_thread: bool = False
+    #: the kernel's warning filters, logging levels and inline-figure settings (rich.py);
+    #: None: no capture of displays, warnings and log records (in-kernel and dry runs)
+    rich: RichSettings | None = None
 
 
 class PayloadRef:
@@ -125,8 +130,9 @@ class BatchResult:
     ran: int  # iterations attempted (ran to the end or failed)
     pid: int
     effects: list[tuple[int, tuple]] = field(default_factory=list)  # (effect id, values), in order
-    # (k, stream, text, effects recorded before it)
-    outputs: list[tuple[int, str, str, int]] = field(default_factory=list)
+    # (k, stream, text, effects recorded before it); for a stream in rich.STREAMS
+    # (display, warning, log) the text is that output's payload, a dict
+    outputs: list[tuple[int, str, Any, int]] = field(default_factory=list)
     marks: list[float] = field(default_factory=list)  # perf_counter() as each iteration starts
     end: float = 0.0  # perf_counter() when the last iteration ended
     wall0: float = field(default_factory=lambda: time.time() - time.perf_counter())  # perf -> wall
