@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from .listener import PlainListener
 from .worker.rich import DISPLAY, LOG, STREAMS, WARNING, RichSettings
 
 __all__ = ["STREAMS", "replay", "routed_in_kernel", "settings"]
@@ -53,7 +54,9 @@ def settings() -> RichSettings:
 def replay(listener: Any, index: int, stream: str, payload: Any, namespace: dict) -> None:
     """Show one captured display, warning or log record of iteration ``index`` in the kernel."""
     if stream == DISPLAY:
-        listener.on_display(
+        # a listener without on_display (one written before it existed) shows it plainly
+        on_display = getattr(listener, "on_display", None) or PlainListener().on_display
+        on_display(
             index,
             payload["data"],
             payload.get("metadata") or {},

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .kernel import Execution, execute, kernel
+from .kernel import WIDGET_VIEW, Execution, execute, kernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -61,8 +61,8 @@ def seen(ex: Execution) -> list[tuple[str, Any]]:
                 out.append((name, text))
         elif m["msg_type"] == "display_data":
             data = m["content"]["data"]
-            if "iterations" in data.get("text/plain", "") and "workers" in data["text/plain"]:
-                continue  # the summary
+            if WIDGET_VIEW in data or " done, " in data.get("text/plain", ""):
+                continue  # the progress bar, the summary
             out.append(("display", _bundle(data)))
     return out
 
@@ -85,7 +85,7 @@ def both(kc: Any, body: str, backend: str, setup: str = "") -> tuple[Execution, 
     assert plain.ok, plain.error()
     if setup:
         assert execute(kc, setup).ok
-    par = execute(kc, f"%%parallel -n 2 --no-progress --backend {backend}\n" + body)
+    par = execute(kc, f"%%parallel -n 2 --backend {backend}\n" + body)
     assert par.ok, par.error()
     return plain, par
 
