@@ -31,6 +31,8 @@ from .errors import CollectedErrors, RemoteTraceback, WritebackError
 from .listener import PlainListener, RunListener
 from .options import Options
 from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
+from .replay_output import STREAMS as RICH_STREAMS
+from .replay_output import replay, routed_in_kernel, settings
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
 from .supervisor import Supervisor
 from .worker.batch import RoutingStream, run_batch
@@ -167,12 +169,12 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     )
     _runs.append(run.record)
     started = time.perf_counter()
-    run.ref = backend.publish(_payload(step, cell, backend))
+    run.ref = backend.publish(_payload(step, cell, backend, dry))
     supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
     try:
         run.record.startup = time.perf_counter() - started
         run.listener.on_start(run.record)
-        with _routed_output(backend.in_kernel):
+        with _routed_output(backend.in_kernel), routed_in_kernel(backend.in_kernel):
             _drive(run, iter(iterable), supervisor)
     except KeyboardInterrupt:
         _bind_locals(run, namespace)
@@ -197,6 +199,9 @@ class _SilentListener(PlainListener):
     """Swallows output: a dry run shows nothing."""
 
     def on_output(self, index: int, stream: str, text: str) -> None:
+        """Dropped."""
+
+    def on_display(self, index: int, data: dict, metadata: dict, **kwargs: Any) -> None:
         """Dropped."""
 
 
@@ -236,7 +241,7 @@ def _make_replays(
     return make(accumulator)
 
 
-def _payload(step: LoopStep, cell: CellRun, backend: Backend) -> Payload:
+def _payload(step: LoopStep, cell: CellRun, backend: Backend, dry: bool = False) -> Payload:
     namespace = cell.namespace
     captured = {n: namespace[n] for n in step.analysis.captured if n in namespace}
     captured[SLICE] = slice
@@ -253,6 +258,8 @@ def _payload(step: LoopStep, cell: CellRun, backend: Backend) -> Payload:
         track_changes=backend.pickles_locals,
         effect_sites=len(step.replays),
         lineno=step.lineno,
+        # process workers capture displays, warnings, log records under the kernel's settings
+        rich=None if backend.in_kernel or dry else settings(),
     )
 
 
@@ -412,6 +419,10 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
                 break
             continue
         k, stream, text, _ = event
+        if stream in RICH_STREAMS:  # a display, warning or log record: replayed in the kernel
+            if not isinstance(run.listener, _SilentListener):
+                replay(run.listener, k, stream, text, run.cell.namespace)
+            continue
         run.listener.on_output(k, stream, text)
         outputs[k] = outputs.get(k, "") + text
     else:

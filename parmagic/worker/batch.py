@@ -24,6 +24,7 @@ import traceback
 from typing import Any
 
 from ..errors import IterationTimeoutError, _short_repr
+from . import rich
 from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
 from .protocol import RESERVED, BatchResult, Payload, PayloadRef
 from .tracking import CapturedWatch, ItemRef, ItemTracker
@@ -282,6 +283,7 @@ def run_batch(
         if payload.timeout and not main and slot is None
         else None
     )
+    capture = rich.begin(state, payload.rich)  # displays, figures, warnings, log records
     try:
         _run_items(payload, fn, state, start, items)
     finally:
@@ -292,6 +294,7 @@ def run_batch(
             signal.signal(signal.SIGALRM, old_alarm)
         if old_int is not None:
             signal.signal(signal.SIGINT, old_int)
+        rich.end(capture)
         if slot is not None:
             slot.write(start, state.current, FINISHED)
         if per_thread:

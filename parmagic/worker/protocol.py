@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .rich import RichSettings
+
 #: Prefix of every name the rewriter introduces; never shown to the user.
 RESERVED = "__pm_"
 
@@ -37,6 +39,9 @@ class Payload:
     track_changes: bool = False
     effect_sites: int = 0  # effect statements in the body (1: records are bare values)
     lineno: int = 0  # the loop's line in the cell, for errors that name it
+    #: the kernel's warning filters, logging levels and inline-figure settings (rich.py);
+    #: None: no capture of displays, warnings and log records (in-kernel and dry runs)
+    rich: RichSettings | None = None
 
 
 class PayloadRef:
@@ -130,8 +135,9 @@ class BatchResult:
     ran: int  # iterations attempted (ran to the end or failed)
     pid: int
     effects: list[tuple[int, tuple]] = field(default_factory=list)  # (effect id, values), in order
-    # (k, stream, text, effects recorded before it)
-    outputs: list[tuple[int, str, str, int]] = field(default_factory=list)
+    # (k, stream, text, effects recorded before it); for a stream in rich.STREAMS
+    # (display, warning, log) the text is that output's payload, a dict
+    outputs: list[tuple[int, str, Any, int]] = field(default_factory=list)
     marks: list[float] = field(default_factory=list)  # perf_counter() as each iteration starts
     end: float = 0.0  # perf_counter() when the last iteration ended
     wall0: float = field(default_factory=lambda: time.time() - time.perf_counter())  # perf -> wall
