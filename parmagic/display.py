@@ -14,7 +14,7 @@ from typing import Any
 
 from .listener import PlainListener, RunListener
 from .record import RunRecord
-from .summary import Summary
+from .summary import Summary, is_compact
 from .textview import TextListener, write_to_stderr
 
 #: What :func:`environment` returns.
@@ -67,26 +67,28 @@ class QuietListener(PlainListener):
         self._started = True
 
     def on_finish(self, record: RunRecord) -> None:
-        """Show the summary of a run that started."""
+        """Show the summary of a run that started (one line for ``%pmap`` and short loops)."""
         if self._started:
-            self.show_summary(Summary(record))
+            self.show_summary(Summary(record, compact=is_compact(record)))
 
 
-def make_listener(progress: bool = True, label: str = "") -> RunListener:
+def make_listener(progress: bool = True, label: str = "", summary: bool = True) -> RunListener:
     """The listener for this environment.
 
-    In a Jupyter kernel with ipywidgets: a live widget bar, then the summary
-    (HTML + text). In terminal IPython, plain Python, or a kernel without
-    ipywidgets: text progress lines on stderr, then the summary. With
-    ``progress=False``: only the iterations' output and the summary.
-    ``label`` names the loop in the bar and the summary (default: the
+    In a Jupyter kernel with ipywidgets: a live widget bar that ends as a static
+    picture of its final state, then the summary (HTML + text). In terminal
+    IPython, plain Python, or a kernel without ipywidgets: a text line on stderr
+    (redrawn in place on a terminal, only the final line elsewhere), then the
+    summary. ``progress=False``: no bar; ``summary=False``: no summary; both
+    False: only the iterations' own output. A ``%pmap`` run or a loop under half
+    a second gets a one-line summary; ``parmagic.last_run().summary()`` shows the
+    full one. ``label`` names the loop in the bar and the summary (default: the
     record's label).
     """
-    env = environment()
     if not progress:
-        return QuietListener(show)
-    if env == KERNEL and widgets_available():
+        return QuietListener(show) if summary else PlainListener()
+    if environment() == KERNEL and widgets_available():
         from .widgets import WidgetListener
 
-        return WidgetListener(label)
-    return TextListener(label, show=show)
+        return WidgetListener(label, summary=summary)
+    return TextListener(label, show=show, summary=summary)
