@@ -70,16 +70,13 @@ def import_ipywidgets() -> Any:
     return ipywidgets
 
 
-def _ipython_display(
+def _kernel_display(
     obj: Any, raw: bool = False, display_id: str | None = None, update: bool = False
 ) -> None:
-    """``IPython.display.display``, imported only when something is shown."""
-    from IPython.display import display
+    """Show a bundle (``raw``) or one of parmagic's renderables in the kernel (``display.publish``)."""
+    from .display import publish
 
-    if display_id is None:
-        display(obj, raw=raw)
-    else:
-        display(obj, raw=raw, display_id=display_id, update=update)
+    publish(obj if raw else obj._repr_mimebundle_(), display_id=display_id, update=update)
 
 
 def bar_html(progress: Progress, label: str, outcome: str | None = None) -> str:
@@ -165,6 +162,14 @@ def plain_heading(label: str, total: int | None) -> str:
     return f"[parmagic] {loop_name(label)}: {size}"
 
 
+def static_bundle(progress: Progress, label: str, outcome: str) -> dict[str, str]:
+    """The final state as ``text/plain`` (tqdm's line) and ``text/html`` (the bar)."""
+    return {
+        "text/plain": progress.line(label, outcome),
+        "text/html": bar_html(progress, label, outcome),
+    }
+
+
 class ProgressBar:
     """One bar: a lean ``HTML`` widget showing :func:`bar_html`; not yet shown."""
 
@@ -197,10 +202,7 @@ class ProgressBar:
 
     def static_bundle(self, outcome: str) -> dict[str, str]:
         """The final state as ``text/plain`` (tqdm's line) and ``text/html`` (the bar)."""
-        return {
-            "text/plain": self.progress.line(self.label, outcome),
-            "text/html": bar_html(self.progress, self.label, outcome),
-        }
+        return static_bundle(self.progress, self.label, outcome)
 
     def close(self) -> None:
         """Close the widget's comm: the static output has replaced its view."""
@@ -210,10 +212,14 @@ class ProgressBar:
 class WidgetListener:
     """A ``RunListener`` drawing a live :class:`ProgressBar` per run, then the summary.
 
-    At the end the bar's display becomes the static final state and the widget is
-    closed. ``summary`` False shows no summary; a ``%pmap`` run or a short loop
-    gets the one-line summary. ``display`` and ``clock`` are injectable so tests
-    build the widgets without a frontend and without sleeping.
+    The bar appears at the first redraw, 0.1 s into the run (as tqdm's
+    ``delay``): a loop that ends sooner shows only its static final bar, one
+    message instead of a widget's four (open, display, update, close), which on
+    a busy machine cost a millisecond or more. At the end the bar's display
+    becomes the static final state and the widget is closed. ``summary`` False
+    shows no summary; a ``%pmap`` run or a short loop gets the one-line summary.
+    ``display`` and ``clock`` are injectable so tests build the widgets without
+    a frontend and without sleeping.
     """
 
     def __init__(
@@ -227,28 +233,32 @@ class WidgetListener:
         import_ipywidgets()
         self.label = label
         self.clock = clock
-        self.display = display or _ipython_display
+        self.display = display or _kernel_display
         self.summary = summary
         self.view: ProgressBar | None = None
         self.progress: Progress | None = None
         self.throttle = Throttle()
+        self._name = label
         self._output = PlainListener()
 
     def on_start(self, record: RunRecord) -> None:
-        """Build and show a fresh bar for this run."""
+        """Start counting; the bar is shown at the first redraw, one interval later."""
         self.progress = Progress.for_record(record, clock=self.clock)
-        # the new bar shows its start; the first redraw waits one interval
         self.throttle = Throttle(last=self.progress.started)
-        self.view = ProgressBar(self.progress, self.label or record.label)
-        self.display(self.view.mimebundle(), raw=True, display_id=self.view.display_id)
+        self.view = None
+        self._name = self.label or record.label
 
     def on_progress(self, record: RunRecord, busy: int) -> None:
-        """Redraw, unless the last redraw was under 0.1 s ago."""
-        if self.view is None or self.progress is None:
+        """Redraw (showing the bar the first time), unless the last redraw was under 0.1 s ago."""
+        if self.progress is None:
             return
         if self.throttle.should_render(self.clock()):
             self.progress.observe(record, busy)
-            self.view.update()
+            if self.view is None:
+                self.view = ProgressBar(self.progress, self._name)
+                self.display(self.view.mimebundle(), raw=True, display_id=self.view.display_id)
+            else:
+                self.view.update()
 
     def on_output(self, index: int, stream: str, text: str) -> None:
         """Write the committed iteration's output to the cell's stream, whole."""
@@ -256,12 +266,16 @@ class WidgetListener:
 
     def on_finish(self, record: RunRecord) -> None:
         """The bar's display becomes its static final state; the widget closes; the summary."""
-        if self.view is None or self.progress is None:
+        if self.progress is None:
             return
         self.progress.finish(record)
-        # update first, then close: the view is replaced before its model goes away
-        bundle = self.view.static_bundle(record.outcome)
-        self.display(bundle, raw=True, display_id=self.view.display_id, update=True)
-        self.view.close()
+        bundle = static_bundle(self.progress, self._name, record.outcome)
+        if self.view is None:  # ended before its first redraw: the final state only
+            self.display(bundle, raw=True)
+        else:
+            # update first, then close: the view is replaced before its model goes away
+            self.display(bundle, raw=True, display_id=self.view.display_id, update=True)
+            self.view.close()
+        self.progress = None
         if self.summary:
             self.display(Summary(record, compact=is_compact(record)))

@@ -145,22 +145,50 @@ def started_widget(total: int | None = 16) -> tuple[WidgetListener, RunRecord, F
     return listener, record, clock, shown
 
 
+def shown_widget(total: int | None = 16) -> tuple[WidgetListener, RunRecord, FakeClock, Recorder]:
+    """A run whose bar is on screen: one interval has passed."""
+    listener, record, clock, shown = started_widget(total)
+    clock.now += 0.1
+    listener.on_progress(record, busy=2)
+    return listener, record, clock, shown
+
+
 def fill_width(value: str) -> float:
     """The fill's width in % from the bar's HTML."""
     return float(re.search(r"parmagic-bar-fill[^>]*width:([\d.]+)%", value).group(1))
 
 
-def test_start_displays_one_bar_with_a_display_id():
-    listener, _, _, shown = started_widget()
+def test_bar_appears_at_the_first_redraw_with_a_display_id():
+    listener, record, clock, shown = started_widget()
+    assert shown.calls == [] and listener.view is None  # nothing in the first interval
+    clock.now += 0.06
+    listener.on_progress(record, busy=2)
+    assert shown.calls == []
+    clock.now += 0.06
+    listener.on_progress(record, busy=2)
     (call,) = shown.calls
     assert WIDGET_VIEW_MIME in call["obj"] and call["raw"] and not call["update"]
     assert call["display_id"] == listener.view.display_id
     value = listener.view.bar.value
-    assert "0/16 [00:00&lt;?, ? it/s, 0/2 busy]" in value and fill_width(value) == 0.0
+    assert "0/16 [00:00&lt;?, ? it/s, 2/2 busy]" in value and fill_width(value) == 0.0
+
+
+def test_a_run_shorter_than_one_interval_shows_only_its_static_final_bar():
+    listener, record, clock, shown = started_widget(total=4)
+    for _ in range(4):
+        commit(record)
+        clock.now += 0.01
+        listener.on_progress(record, busy=2)
+    record.outcome = "success"
+    listener.on_finish(record)
+    bar, summary = shown.calls
+    assert set(bar["obj"]) == {"text/plain", "text/html"} and not bar["update"]
+    assert "4/4 [00:00, " in bar["obj"]["text/plain"] and listener.view is None
+    assert isinstance(summary["obj"], Summary)
 
 
 def test_widget_redraws_at_most_ten_times_a_second():
-    listener, record, clock, _ = started_widget(total=20_000)
+    listener, record, clock, _ = shown_widget(total=20_000)
     values: list[str] = []
     listener.view.bar.observe(lambda change: values.append(change["new"]), names="value")
     for _ in range(20_000):  # one commit every 0.1 ms: 2 s in all
@@ -172,12 +200,11 @@ def test_widget_redraws_at_most_ten_times_a_second():
     assert widths == sorted(widths)
 
 
-def test_first_redraw_waits_one_interval():
-    # a loop of a few milliseconds shows its start and its end, nothing between
-    listener, record, clock, _ = started_widget(total=4)
+def test_redraws_follow_the_count():
+    listener, record, clock, _ = shown_widget(total=4)
     commit(record)
     listener.on_progress(record, busy=2)
-    assert "0/4 " in listener.view.bar.value
+    assert "0/4 " in listener.view.bar.value  # under one interval since the last redraw
     clock.now += 0.1
     listener.on_progress(record, busy=2)
     assert "1/4 " in listener.view.bar.value and fill_width(listener.view.bar.value) == 25.0
@@ -205,11 +232,11 @@ def test_bars_share_layout_and_style_until_closed():
 
 @pytest.mark.parametrize("outcome", ["success", "error", "interrupted"])
 def test_end_replaces_the_bar_by_its_static_final_state_and_closes_it(outcome):
-    listener, record, clock, shown = started_widget(total=30)
+    listener, record, clock, shown = shown_widget(total=30)
     for _ in range(5):
         commit(record)
     commit(record, FAILED if outcome == "error" else DONE)
-    clock.now += 1.0
+    clock.now += 0.9
     record.outcome = outcome
     bar = listener.view.bar
     listener.on_finish(record)
@@ -229,7 +256,7 @@ def test_end_replaces_the_bar_by_its_static_final_state_and_closes_it(outcome):
 
 
 def test_unknown_total_counts_and_shows_no_bar():
-    listener, record, clock, _ = started_widget(total=None)
+    listener, record, clock, _ = shown_widget(total=None)
     for _ in range(5):
         commit(record)
     clock.now += 0.2
@@ -242,10 +269,13 @@ def test_unknown_total_counts_and_shows_no_bar():
 
 
 def test_each_run_gets_its_own_bar():
-    listener, record, _, shown = started_widget()
+    listener, record, clock, shown = shown_widget()
     first = listener.view
     listener.on_finish(record)
-    listener.on_start(record_of(3))
+    second = record_of(3)
+    listener.on_start(second)
+    clock.now += 0.1
+    listener.on_progress(second, busy=1)
     assert listener.view is not first and listener.view.display_id != first.display_id
     assert (
         sum(1 for c in shown.calls if isinstance(c["obj"], dict) and WIDGET_VIEW_MIME in c["obj"])
