@@ -375,11 +375,17 @@ def reopen_without_kernel(page, server) -> None:
         f"{server['base']}/api/kernels?token={server['token']}", timeout=5
     ) as r:
         kernel_ids = [k["id"] for k in json.load(r)]
+    pids = kernel_pids(kernel_ids)
     for kid in kernel_ids:
         req = urllib.request.Request(
             f"{server['base']}/api/kernels/{kid}?token={server['token']}", method="DELETE"
         )
         urllib.request.urlopen(req, timeout=30).close()
+    # the server forgets these kernels: wait here for their processes and pool scratch
+    deadline = time.monotonic() + 30
+    while kernel_pids(kernel_ids) and time.monotonic() < deadline:
+        time.sleep(0.2)  # no event to await from another process tree
+    wait_for_scratch_of(pids)
     page.reload()
     page.locator(".jp-CodeCell").nth(1).locator(STATIC_BAR).wait_for(timeout=60_000)
 
