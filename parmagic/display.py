@@ -150,3 +150,61 @@ def make_listener(progress: bool = True, label: str = "", summary: bool = True) 
 
         return WidgetListener(label, summary=summary)
     return TextListener(label, show=show, summary=summary)
+
+
+def unwrap_tqdm(iterable: Any) -> tuple[Any, Any]:
+    """``(what a tqdm bar wraps, the bar)`` for a ``tqdm(...)``-wrapped iterable, else ``(it, None)``.
+
+    A loop over ``tqdm(items)`` would have tqdm count the items the engine *takes*
+    (submissions, far ahead of the work) beside parmagic's count of completions.
+    The engine iterates the wrapped iterable itself and lets :class:`TqdmFollower`
+    drive the user's bar. tqdm is never imported here: an object can only be a
+    tqdm bar if tqdm is loaded already.
+    """
+    std = sys.modules.get("tqdm.std")
+    if std is None or not isinstance(iterable, std.tqdm):
+        return iterable, None
+    inner = getattr(iterable, "iterable", None)
+    return (iterable, None) if inner is None else (inner, iterable)
+
+
+class TqdmFollower:
+    """A ``RunListener`` that moves a user's tqdm bar with committed iterations, then passes on.
+
+    The user asked for tqdm's bar, so it is the one shown (give ``listener``
+    without progress); it counts iterations as they commit, and closes at the
+    end (tqdm.notebook turns it red if the run stopped early, as for a plain
+    loop that raised). Output is written in tqdm's ``external_write_mode`` so a
+    terminal bar is not cut by it.
+    """
+
+    def __init__(self, bar: Any, listener: RunListener) -> None:
+        """``bar`` is the tqdm object; ``listener`` shows output and the summary."""
+        self.bar = bar
+        self.listener = listener
+
+    def _advance(self, record: RunRecord) -> None:
+        """Move the bar to the committed count (tqdm throttles its own redraws)."""
+        ended = record.done + record.failed
+        if ended > self.bar.n:
+            self.bar.update(ended - self.bar.n)
+
+    def on_start(self, record: RunRecord) -> None:
+        """Pass on."""
+        self.listener.on_start(record)
+
+    def on_progress(self, record: RunRecord, busy: int) -> None:
+        """Advance the user's bar; pass on."""
+        self._advance(record)
+        self.listener.on_progress(record, busy)
+
+    def on_output(self, index: int, stream: str, text: str) -> None:
+        """Write the iteration's output with the bar out of the way."""
+        with self.bar.external_write_mode():
+            self.listener.on_output(index, stream, text)
+
+    def on_finish(self, record: RunRecord) -> None:
+        """Final count, close the bar, then the listener's end (the summary)."""
+        self._advance(record)
+        self.bar.close()
+        self.listener.on_finish(record)

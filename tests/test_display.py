@@ -15,7 +15,13 @@ import types
 import pytest
 
 from parmagic import display as display_mod
-from parmagic.display import QuietListener, environment, make_listener
+from parmagic.display import (
+    QuietListener,
+    TqdmFollower,
+    environment,
+    make_listener,
+    unwrap_tqdm,
+)
 from parmagic.progress import NAME_WIDTH, Progress
 from parmagic.record import DONE, FAILED, IterationRecord, RunRecord
 from parmagic.summary import OUTCOME_COLOURS, Summary
@@ -459,3 +465,42 @@ def test_summary_false_keeps_the_bar_but_no_summary(monkeypatch, capsys):
     listener.on_finish(record)
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("loop 1 ") and line.endswith("success")
+
+
+# ------------------------------------------------------------------ tqdm-wrapped iterables
+
+
+def test_unwrap_tqdm_gives_the_wrapped_iterable_and_the_bar():
+    tqdm = pytest.importorskip("tqdm")
+    items = [1, 2, 3]
+    bar = tqdm.tqdm(items, file=io.StringIO())
+    assert unwrap_tqdm(bar) == (items, bar)
+    assert unwrap_tqdm(items) == (items, None)
+    manual = tqdm.tqdm(total=3, file=io.StringIO())  # no iterable: nothing to unwrap
+    assert unwrap_tqdm(manual) == (manual, None)
+    bar.close()
+    manual.close()
+
+
+def test_tqdm_follower_counts_completions_not_submissions(capsys):
+    tqdm = pytest.importorskip("tqdm")
+    out = io.StringIO()
+    bar = tqdm.tqdm(range(4), file=out, mininterval=0)
+    inner, user_bar = unwrap_tqdm(bar)
+    shown: list[object] = []
+    follower = TqdmFollower(user_bar, QuietListener(shown.append))
+    record = record_of(total=4)
+    follower.on_start(record)
+    taken = list(inner)  # the engine takes every item at once...
+    assert taken == [0, 1, 2, 3] and user_bar.n == 0  # ...which tqdm does not count
+    commit(record)
+    follower.on_progress(record, busy=2)
+    assert user_bar.n == 1
+    follower.on_output(0, "stdout", "it 0\n")
+    commit(record)
+    commit(record, FAILED)
+    record.outcome = "error"
+    follower.on_finish(record)
+    assert user_bar.n == 3 and user_bar.disable  # closed at the run's own count
+    assert capsys.readouterr().out == "it 0\n"
+    assert len(shown) == 1 and isinstance(shown[0], Summary)
