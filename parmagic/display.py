@@ -14,7 +14,7 @@ from typing import Any
 
 from .listener import PlainListener, RunListener
 from .record import RunRecord
-from .summary import Summary
+from .summary import Summary, is_compact
 from .textview import TextListener, write_to_stderr
 
 #: What :func:`environment` returns.
@@ -49,9 +49,67 @@ def show(obj: Any) -> None:
     if environment() != KERNEL:
         write_to_stderr(obj)
         return
+    bundle = getattr(obj, "_repr_mimebundle_", None)
+    if bundle is None:
+        from IPython.display import display
+
+        display(obj)
+        return
+    publish(bundle())
+
+
+def _flush_pending_streams() -> None:
+    """Flush stdout/stderr if they hold unsent text, so a display keeps its place after it.
+
+    ``IPython.display.display`` flushes both streams every time, and in a kernel
+    each flush waits for a round trip to the kernel's I/O thread (about 0.2 ms when
+    idle, a millisecond or more on a busy machine) whether or not anything was
+    written. ipykernel's ``OutStream`` says whether text is waiting
+    (``_flush_pending``); other streams are flushed as display would.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "_flush_pending", True):
+            stream.flush()
+
+
+def _send(bundle: dict[str, Any], display_id: str | None, update: bool) -> bool:
+    """Send a display message straight on the kernel's IOPub socket; False if we cannot.
+
+    What ipykernel's display publisher does after its stream flush. Falls back
+    (False) outside ipykernel, or while a display hook is installed (something
+    captures displays: let ``display`` run it).
+    """
+    pub = getattr(_shell(), "display_pub", None)
+    session, socket = getattr(pub, "session", None), getattr(pub, "pub_socket", None)
+    if session is None or socket is None or getattr(pub, "_hooks", True):
+        return False
+    content = {
+        "data": bundle,
+        "metadata": {},
+        "transient": {"display_id": display_id} if display_id else {},
+    }
+    msg_type = "update_display_data" if update else "display_data"
+    session.send(socket, msg_type, content, parent=pub.parent_header, ident=pub.topic)
+    return True
+
+
+def publish(bundle: dict[str, Any], display_id: str | None = None, update: bool = False) -> None:
+    """Display a mime bundle in the kernel (or update the display ``display_id``), cheaply.
+
+    An update adds no output, so no stream needs flushing before it; a new
+    output flushes only streams with text waiting. Anything unusual goes
+    through ``IPython.display.display``.
+    """
+    if not update:
+        _flush_pending_streams()
+    if _send(bundle, display_id, update):
+        return
     from IPython.display import display
 
-    display(obj)
+    if display_id is None:
+        display(bundle, raw=True)
+    else:
+        display(bundle, raw=True, display_id=display_id, update=update)
 
 
 class QuietListener(PlainListener):
@@ -67,26 +125,86 @@ class QuietListener(PlainListener):
         self._started = True
 
     def on_finish(self, record: RunRecord) -> None:
-        """Show the summary of a run that started."""
+        """Show the summary of a run that started (one line for ``%pmap`` and short loops)."""
         if self._started:
-            self.show_summary(Summary(record))
+            self.show_summary(Summary(record, compact=is_compact(record)))
 
 
-def make_listener(progress: bool = True, label: str = "") -> RunListener:
+def make_listener(progress: bool = True, label: str = "", summary: bool = True) -> RunListener:
     """The listener for this environment.
 
-    In a Jupyter kernel with ipywidgets: a live widget bar, then the summary
-    (HTML + text). In terminal IPython, plain Python, or a kernel without
-    ipywidgets: text progress lines on stderr, then the summary. With
-    ``progress=False``: only the iterations' output and the summary.
-    ``label`` names the loop in the bar and the summary (default: the
+    In a Jupyter kernel with ipywidgets: a live widget bar that ends as a static
+    picture of its final state, then the summary (HTML + text). In terminal
+    IPython, plain Python, or a kernel without ipywidgets: a text line on stderr
+    (redrawn in place on a terminal, only the final line elsewhere), then the
+    summary. ``progress=False``: no bar; ``summary=False``: no summary; both
+    False: only the iterations' own output. A ``%pmap`` run or a loop under half
+    a second gets a one-line summary; ``parmagic.last_run().summary()`` shows the
+    full one. ``label`` names the loop in the bar and the summary (default: the
     record's label).
     """
-    env = environment()
     if not progress:
-        return QuietListener(show)
-    if env == KERNEL and widgets_available():
+        return QuietListener(show) if summary else PlainListener()
+    if environment() == KERNEL and widgets_available():
         from .widgets import WidgetListener
 
-        return WidgetListener(label)
-    return TextListener(label, show=show)
+        return WidgetListener(label, summary=summary)
+    return TextListener(label, show=show, summary=summary)
+
+
+def unwrap_tqdm(iterable: Any) -> tuple[Any, Any]:
+    """``(what a tqdm bar wraps, the bar)`` for a ``tqdm(...)``-wrapped iterable, else ``(it, None)``.
+
+    A loop over ``tqdm(items)`` would have tqdm count the items the engine *takes*
+    (submissions, far ahead of the work) beside parmagic's count of completions.
+    The engine iterates the wrapped iterable itself and lets :class:`TqdmFollower`
+    drive the user's bar. tqdm is never imported here: an object can only be a
+    tqdm bar if tqdm is loaded already.
+    """
+    std = sys.modules.get("tqdm.std")
+    if std is None or not isinstance(iterable, std.tqdm):
+        return iterable, None
+    inner = getattr(iterable, "iterable", None)
+    return (iterable, None) if inner is None else (inner, iterable)
+
+
+class TqdmFollower:
+    """A ``RunListener`` that moves a user's tqdm bar with committed iterations, then passes on.
+
+    The user asked for tqdm's bar, so it is the one shown (give ``listener``
+    without progress); it counts iterations as they commit, and closes at the
+    end (tqdm.notebook turns it red if the run stopped early, as for a plain
+    loop that raised). Output is written in tqdm's ``external_write_mode`` so a
+    terminal bar is not cut by it.
+    """
+
+    def __init__(self, bar: Any, listener: RunListener) -> None:
+        """``bar`` is the tqdm object; ``listener`` shows output and the summary."""
+        self.bar = bar
+        self.listener = listener
+
+    def _advance(self, record: RunRecord) -> None:
+        """Move the bar to the committed count (tqdm throttles its own redraws)."""
+        ended = record.done + record.failed
+        if ended > self.bar.n:
+            self.bar.update(ended - self.bar.n)
+
+    def on_start(self, record: RunRecord) -> None:
+        """Pass on."""
+        self.listener.on_start(record)
+
+    def on_progress(self, record: RunRecord, busy: int) -> None:
+        """Advance the user's bar; pass on."""
+        self._advance(record)
+        self.listener.on_progress(record, busy)
+
+    def on_output(self, index: int, stream: str, text: str) -> None:
+        """Write the iteration's output with the bar out of the way."""
+        with self.bar.external_write_mode():
+            self.listener.on_output(index, stream, text)
+
+    def on_finish(self, record: RunRecord) -> None:
+        """Final count, close the bar, then the listener's end (the summary)."""
+        self._advance(record)
+        self.bar.close()
+        self.listener.on_finish(record)

@@ -1,8 +1,16 @@
-"""Progress of one run as plain numbers, and a throttle for redrawing it.
+"""Progress of one run as plain numbers, its one-line picture, and a redraw throttle.
 
 The state is a dataclass with an injected clock (as rich's ``Task``), so the
 numbers (elapsed, rate, ETA) are tested without sleeping. No widgets and no
 IPython here: ``widgets.py`` and ``textview.py`` draw what this module counts.
+
+The line follows tqdm's conventions::
+
+    for i in range(20)      45%|█████████▌           | 9/20 [00:02<00:03, 4.10 it/s, 2/2 busy]
+
+The loop's name sits in a fixed-width area so the bar's left edge stays put
+whatever the name; the rate and ETA are smoothed as tqdm smooths them (an
+exponential moving average of the rate between completions).
 """
 
 from __future__ import annotations
@@ -18,6 +26,18 @@ Clock = Callable[[], float]
 
 #: Redraws of a live view per second, at most.
 MAX_RENDERS_PER_SECOND = 10
+
+#: Weight of the newest rate in the moving average (tqdm's ``smoothing`` default).
+SMOOTHING = 0.3
+
+#: Characters of the fixed-width name area in front of the bar.
+NAME_WIDTH = 24
+
+#: Cells of the text bar.
+BAR_CELLS = 20
+
+#: Eighth blocks for a text bar's partial cell, as tqdm draws them.
+_BLOCKS = " ▏▎▍▌▋▊▉█"
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -36,9 +56,41 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def format_interval(seconds: float | None) -> str:
+    """tqdm's clock format: ``00:02``, ``12:05``, ``1:02:03``; ``?`` if unknown."""
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(max(0.0, seconds) + 1e-6), 60)  # 2.9999... is 00:03
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def format_rate(rate: float | None) -> str:
+    """``4.10 it/s``, ``1,234 it/s``, or ``2.50 s/it`` below one a second; ``? it/s`` if unknown."""
+    if not rate:
+        return "? it/s"
+    if rate < 1:
+        return f"{1 / rate:.2f} s/it"
+    return f"{rate:,.0f} it/s" if rate >= 100 else f"{rate:.2f} it/s"
+
+
 def loop_name(label: str) -> str:
     """The loop's name for headings: ``for i in range(8)`` (no trailing colon), or a default."""
     return label.strip().rstrip(":").rstrip() or "parallel loop"
+
+
+def name_area(label: str, width: int = NAME_WIDTH) -> str:
+    """The loop's name padded or cut (with an ellipsis) to exactly ``width`` characters."""
+    name = loop_name(label)
+    return name.ljust(width) if len(name) <= width else name[: width - 1] + "…"
+
+
+def text_bar(fraction: float, cells: int = BAR_CELLS) -> str:
+    """``█████▌    ``: ``fraction`` of ``cells`` filled, in eighths."""
+    eighths = int(max(0.0, min(1.0, fraction)) * cells * 8)
+    full, part = divmod(eighths, 8)
+    bar = "█" * full + (_BLOCKS[part] if full < cells else "")
+    return bar.ljust(cells)
 
 
 @dataclass
@@ -56,10 +108,15 @@ class Progress:
     failed: int = 0
     busy: int = 0
     finished_at: float | None = None
+    _ema: float = field(default=0.0, repr=False)  # biased moving average of the rate
+    _ema_samples: int = field(default=0, repr=False)
+    _last_count: int = field(default=0, repr=False)  # completions at the last change
+    _last_change: float | None = field(default=None, repr=False)  # when they changed
 
     def __post_init__(self) -> None:
         if self.started is None:
             self.started = self.clock()
+        self._last_change = self.started
 
     @classmethod
     def for_record(cls, record: RunRecord, clock: Clock = time.monotonic) -> Progress:
@@ -67,9 +124,19 @@ class Progress:
         return cls(total=record.total, n_workers=record.n_workers, clock=clock)
 
     def observe(self, record: RunRecord, busy: int) -> None:
-        """Take the record's counts of committed iterations."""
+        """Take the record's counts of committed iterations and feed the rate average."""
         self.done, self.failed = record.done, record.failed
         self.busy = busy
+        self._sample(self.clock())
+
+    def _sample(self, now: float) -> None:
+        """One rate sample per change of the count: completions since the last change / time."""
+        count, since = self.completed, now - self._last_change
+        if count > self._last_count and since > 0:
+            rate = (count - self._last_count) / since
+            self._ema = SMOOTHING * rate + (1 - SMOOTHING) * self._ema
+            self._ema_samples += 1
+            self._last_count, self._last_change = count, now
 
     def recount(self, record: RunRecord) -> None:
         """Take the final counts of ``record``."""
@@ -93,11 +160,18 @@ class Progress:
         return max(0.0, end - self.started)
 
     @property
-    def rate(self) -> float | None:
-        """Completed iterations per second, or None before the first one."""
+    def mean_rate(self) -> float | None:
+        """Completed iterations per second over the whole run, or None before the first one."""
         if not self.completed or self.elapsed <= 0:
             return None
         return self.completed / self.elapsed
+
+    @property
+    def rate(self) -> float | None:
+        """The smoothed rate while running (tqdm's EMA, bias-corrected); the mean once finished."""
+        if self.finished_at is not None or not self._ema_samples:
+            return self.mean_rate
+        return self._ema / (1 - (1 - SMOOTHING) ** self._ema_samples)
 
     @property
     def remaining(self) -> int | None:
@@ -106,12 +180,24 @@ class Progress:
 
     @property
     def eta(self) -> float | None:
-        """Estimated seconds to the end at the mean rate so far; None if unknown."""
-        if self.remaining == 0:
+        """Estimated seconds to the end; None if unknown.
+
+        At each completion: the remaining iterations at the smoothed rate. Between
+        completions it counts down, but not below the estimate for one iteration
+        fewer, so it never rises while nothing happens (the mean rate would make
+        it climb) and does not reach zero while work is left.
+        """
+        remaining = self.remaining
+        if remaining == 0:
             return 0.0
-        if self.remaining is None or self.rate is None:
+        rate = self.rate
+        if remaining is None or not rate:
             return None
-        return self.remaining / self.rate
+        if self.finished_at is not None:
+            return remaining / rate
+        at_change = remaining / rate
+        since = max(0.0, self.clock() - self._last_change)
+        return max(at_change - since, (remaining - 1) / rate)
 
     @property
     def fraction(self) -> float | None:
@@ -126,15 +212,39 @@ class Progress:
             return f"{self.completed} done"
         return f"{self.completed}/{self.total}"
 
-    def describe(self) -> str:
-        """One line: done/total · elapsed · ETA · busy workers · failures."""
-        parts = [self.count_text(), f"{format_seconds(self.elapsed)} elapsed"]
-        if self.finished_at is None:
-            if self.total is not None:
-                parts.append(f"ETA {format_seconds(self.eta)}")
+    def percent_text(self) -> str:
+        """`` 45%`` (4 characters), or empty without a total."""
+        fraction = self.fraction
+        return "" if fraction is None else f"{int(fraction * 100):>3d}%"
+
+    def bracket_text(self, outcome: str | None = None) -> str:
+        """``[00:02<00:03, 4.10 it/s, 2/2 busy, 1 failed]``; finished: no ETA or busy workers."""
+        finished = self.finished_at is not None
+        clock = format_interval(self.elapsed)
+        if not finished and self.total is not None:
+            clock += f"<{format_interval(self.eta)}"
+        parts = [clock, format_rate(self.rate)]
+        if not finished:
             parts.append(f"{self.busy}/{self.n_workers} busy")
-        parts.append(f"{self.failed} failed")
-        return " · ".join(parts)
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        return f"[{', '.join(parts)}]"
+
+    def line(self, label: str, outcome: str | None = None) -> str:
+        """The whole tqdm-like line; ``outcome`` (``success``...) is appended once finished."""
+        head = name_area(label)
+        if self.total is None:
+            body = f"{head} {self.count_text()} {self.bracket_text()}"
+        else:
+            body = (
+                f"{head} {self.percent_text()}|{text_bar(self.fraction or 0.0)}| "
+                f"{self.count_text()} {self.bracket_text()}"
+            )
+        return f"{body} {outcome}" if outcome else body
+
+    def describe(self) -> str:
+        """The status without the name and bar: ``9/20 [00:02<00:03, 4.10 it/s, 2/2 busy]``."""
+        return f"{self.count_text()} {self.bracket_text()}"
 
 
 @dataclass

@@ -30,6 +30,13 @@ class IterationRecord:
     error: BaseException | None = None
     item: Any = None  # repr-safe: only kept for failed iterations
 
+    def __repr__(self) -> str:
+        """``IterationRecord(#3 failed on pid 4711, 0.10s, ValueError)``: one short line."""
+        where = f" on pid {self.worker}" if self.worker is not None else ""
+        took = f", {self.duration:.2f}s" if self.duration is not None else ""
+        error = f", {type(self.error).__name__}" if self.error is not None else ""
+        return f"IterationRecord(#{self.index} {self.status}{where}{took}{error})"
+
 
 @dataclass
 class TaskRecord:
@@ -44,6 +51,16 @@ class TaskRecord:
     errors: dict[int, BaseException] = field(default_factory=dict)
     outputs: dict[int, str] = field(default_factory=dict)
     items: dict[int, Any] = field(default_factory=dict)  # items of failed iterations
+
+    def __repr__(self) -> str:
+        """``TaskRecord(#0-#7, 8 iterations on pid 4711, 0.51s, 1 failed)``: one short line."""
+        span = f"#{self.index}" + (f"-#{self.index + self.count - 1}" if self.count > 1 else "")
+        failed = f", {len(self.errors)} failed" if self.errors else ""
+        plural = "s" if self.count != 1 else ""
+        return (
+            f"TaskRecord({span}, {self.count} iteration{plural} on pid {self.worker}, "
+            f"{self.duration:.2f}s{failed})"
+        )
 
     @property
     def duration(self) -> float:
@@ -104,6 +121,25 @@ class RunRecord:
     failed: int = 0  # iterations that raised, timed out or lost their worker
     task_time: float = 0.0  # summed duration of all iterations that ran
     _iterations: list[IterationRecord] | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        """``RunRecord('for i in range(10):', success, 10/10 done, 2 workers (loky), 1.23s)``."""
+        counts = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
+        failed = f", {self.failed} failed" if self.failed else ""
+        workers = f"{self.n_workers} worker{'s' if self.n_workers != 1 else ''}"
+        return (
+            f"RunRecord({self.label!r}, {self.outcome}, {counts} done{failed}, "
+            f"{workers} ({self.backend}), {self.wall:.2f}s)"
+        )
+
+    def summary(self, compact: bool = False) -> Any:
+        """The run's timing summary (a ``parmagic.summary.Summary``): the full one by default.
+
+        ``%pmap`` runs and short loops show a one-line summary; this gives the whole of it.
+        """
+        from .summary import Summary
+
+        return Summary(self, compact=compact)
 
     def add_task(self, task: TaskRecord) -> None:
         """Count a committed batch."""

@@ -9,6 +9,7 @@ gets the same facts as text. Pictures are inline SVG; no widgets, no IPython.
 from __future__ import annotations
 
 import html
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +22,40 @@ MAX_TIMELINE_RECTS = 1000
 #: Failed iterations listed by name in the summary before "and N more".
 MAX_LISTED_FAILURES = 5
 
-_COLOURS = {DONE: "#4c78a8", FAILED: "#e45756"}
-_OTHER_COLOUR = "#9d9d9d"
-_OUTCOME_COLOURS = {"success": "#2e7d32", "error": "#c62828", "interrupted": "#ef6c00"}
+#: Runs shorter than this (wall seconds) get the one-line summary.
+SHORT_RUN_SECONDS = 0.5
+
+# Colours. No colour has 4.5:1 contrast (WCAG AA, text) against both JupyterLab's light
+# (#ffffff) and dark (#111111) backgrounds: it would need a relative luminance <= 0.183 and
+# >= 0.200. So text keeps the theme's colour (``inherit``/``currentColor``) and an outcome's
+# colour is the background of a badge with white text (>= 4.5:1 whatever the theme); bars,
+# rectangles and lines are graphics and have >= 3:1 (WCAG 1.4.11) against both backgrounds.
+# tests/test_summary.py computes every ratio.
+#: Badge and bar colour of each run outcome (``running`` while it runs).
+OUTCOME_COLOURS = {
+    "running": "#1f6fb2",
+    "success": "#2e7d32",
+    "error": "#c62828",
+    "interrupted": "#b45309",
+}
+#: Text colour on an outcome badge.
+BADGE_TEXT = "#ffffff"
+#: Timeline rectangles by iteration status.
+STATUS_COLOURS = {DONE: "#4c78a8", FAILED: "#d03b3b"}
+#: Anything else drawn in a fixed colour: other statuses, serial bars, the ideal line.
+NEUTRAL_COLOUR = "#767676"
+_COLOURS = STATUS_COLOURS
+_OTHER_COLOUR = NEUTRAL_COLOUR
 _FONT = 'font-family="sans-serif" font-size="11" fill="currentColor"'
+
+
+def outcome_badge(outcome: str) -> str:
+    """The outcome as a small coloured badge (white text), as HTML."""
+    colour = OUTCOME_COLOURS.get(outcome, NEUTRAL_COLOUR)
+    return (
+        f'<span class="parmagic-outcome" style="background:{colour};color:{BADGE_TEXT};'
+        f'border-radius:3px;padding:0 0.4em;font-weight:bold">{html.escape(outcome)}</span>'
+    )
 
 
 def _mimebundle(text: str, html_text: str) -> dict[str, str]:
@@ -70,6 +101,28 @@ def worker_stats(record: RunRecord) -> list[WorkerStats]:
         WorkerStats(pid, sum(t.count for t in by_pid[pid]), sum(t.duration for t in by_pid[pid]))
         for pid in order
     ]
+
+
+def startup_seconds(record: RunRecord) -> float:
+    """Seconds from the run's start until its first iteration started on a worker.
+
+    The engine's ``record.startup`` ends when the first task is submitted; a pool
+    that starts with the run (loky spawns its workers on the first submit) is
+    still starting then. The first iteration's start, on the worker's wall clock,
+    covers both; clamped to the wall time (a remote clock may be off).
+    """
+    first = min((t.start for t in record.tasks), default=None)
+    measured = record.startup if first is None else max(record.startup, first - record.started)
+    return max(0.0, min(measured, record.wall))
+
+
+def is_compact(record: RunRecord) -> bool:
+    """True when a one-line summary will do: ``%pmap``/``pmap()`` runs and short loops, on success.
+
+    A failed or interrupted run gets the full summary (failures, where it stopped).
+    """
+    short = record.wall < SHORT_RUN_SECONDS or record.label.startswith("pmap(")
+    return short and record.outcome == "success"
 
 
 def overhead(record: RunRecord) -> float:
@@ -196,7 +249,7 @@ def timeline_svg(record: RunRecord) -> str:
     frame = _Frame(span=max(record.wall, max(ends), 1e-6))
     many = len(record.tasks) > MAX_TIMELINE_RECTS
     pixel = frame.span / (frame.width - frame.left - frame.right)
-    parts = [_startup_rect(frame, record.startup, len(rows))]
+    parts = [_startup_rect(frame, startup_seconds(record), len(rows))]
     for row_no, (name, segs) in enumerate(rows):
         parts.append(_row_svg(frame, row_no, name, _merge(segs, pixel) if many else segs))
     height = frame.y(len(rows)) + 22
@@ -216,7 +269,7 @@ def _startup_rect(frame: _Frame, startup: float, n_rows: int) -> str:
     width = frame.x(startup) - frame.left
     return (
         f'<rect x="{frame.left}" y="{frame.top}" width="{width:.1f}" '
-        f'height="{frame.y(n_rows) - frame.top}" fill="#9d9d9d" fill-opacity="0.2">'
+        f'height="{frame.y(n_rows) - frame.top}" fill="currentColor" fill-opacity="0.12">'
         f"<title>start-up {format_seconds(startup)}</title></rect>"
     )
 
@@ -256,17 +309,26 @@ def _axis_svg(frame: _Frame, y: int) -> str:
 
 
 class Summary:
-    """The timing summary of a finished run (``text/plain`` + ``text/html``)."""
+    """The timing summary of a finished run (``text/plain`` + ``text/html``).
 
-    def __init__(self, record: RunRecord) -> None:
+    ``compact`` gives one line (what ``%pmap`` runs and short loops show); the full
+    summary of the last run stays at hand: ``parmagic.last_run().summary()``.
+    """
+
+    def __init__(self, record: RunRecord, compact: bool = False) -> None:
         """Summarise ``record``; it is read at render time."""
         self.record = record
+        self.compact = compact
 
     def title(self) -> str:
         """``loop 1 · loky · 2 workers · success``."""
+        return " · ".join((self._heading(), self.record.outcome))
+
+    def _heading(self) -> str:
+        """``loop 1 · loky · 2 workers`` (the title without the outcome)."""
         r = self.record
         workers = f"{r.n_workers} worker" + ("s" if r.n_workers != 1 else "")
-        return " · ".join(p for p in (loop_name(r.label), r.backend, workers, r.outcome))
+        return " · ".join(p for p in (loop_name(r.label), r.backend, workers))
 
     def rows(self) -> list[tuple[str, str]]:
         """The summary's facts as (name, text) pairs."""
@@ -286,11 +348,24 @@ class Summary:
     def _overhead_text(self) -> str:
         """Start-up and dispatch/idle time, the parts of the wall time beyond the ideal."""
         total = overhead(self.record)
-        startup = min(self.record.startup, total) if total else self.record.startup
+        startup = startup_seconds(self.record)
         rest = max(0.0, total - startup)
         return (
-            f"{format_seconds(total)} beyond ideal: start-up {format_seconds(self.record.startup)}, "
-            f"dispatch and idle workers {format_seconds(rest)}"
+            f"{format_seconds(total)} beyond ideal: start-up {format_seconds(startup)} "
+            f"(until the first iteration started), dispatch and idle workers "
+            f"{format_seconds(rest)}"
+        )
+
+    def line(self) -> str:
+        """The one-line summary: counts, wall time, workers, speedup, start-up."""
+        r = self.record
+        counts = f"{r.done}/{r.total}" if r.total is not None else f"{r.done}"
+        failed = f", {r.failed} failed" if r.failed else ""
+        return (
+            f"{loop_name(r.label)}: {counts} done{failed} in {format_seconds(r.wall)} on "
+            f"{r.n_workers} worker{'s' if r.n_workers != 1 else ''} ({r.backend}) · "
+            f"speedup {r.speedup:.2f}x · start-up {format_seconds(startup_seconds(r))} · "
+            f"{r.outcome}"
         )
 
     def worker_lines(self) -> list[str]:
@@ -303,7 +378,9 @@ class Summary:
         ]
 
     def text(self) -> str:
-        """The summary as plain text."""
+        """The summary as plain text (one line when compact)."""
+        if self.compact:
+            return self.line()
         lines = [self.title(), _text_rows(self.rows())]
         workers = self.worker_lines()
         if workers:
@@ -312,12 +389,19 @@ class Summary:
         return "\n".join(lines)
 
     def html(self) -> str:
-        """The summary as HTML with the per-worker timeline as inline SVG."""
-        colour = _OUTCOME_COLOURS.get(self.record.outcome, "inherit")
+        """The summary as HTML with the per-worker timeline as inline SVG (one line when compact)."""
+        badge = outcome_badge(self.record.outcome)
+        if self.compact:
+            line = self.line().rsplit(" · ", 1)[0]
+            return (
+                '<div class="parmagic-summary parmagic-compact" '
+                f'title="parmagic.last_run().summary() shows the full summary">'
+                f"{html.escape(line)} {badge}</div>"
+            )
         rows = [(k, html.escape(v)) for k, v in self.rows()]
         return (
             '<div class="parmagic-summary">'
-            f'<div style="font-weight:bold;color:{colour}">{html.escape(self.title())}</div>'
+            f'<div style="font-weight:bold">{html.escape(self._heading())} {badge}</div>'
             f"{_table(rows)}{timeline_svg(self.record)}</div>"
         )
 
@@ -385,8 +469,8 @@ class Comparison:
         """Two horizontal bars: serial and parallel wall time."""
         longest = max(self.serial_seconds, self.record.wall, 1e-9)
         bars = [
-            ("serial", self.serial_seconds, "#9d9d9d"),
-            ("parallel", self.record.wall, "#4c78a8"),
+            ("serial", self.serial_seconds, NEUTRAL_COLOUR),
+            ("parallel", self.record.wall, STATUS_COLOURS[DONE]),
         ]
         parts = []
         for i, (name, secs, colour) in enumerate(bars):
@@ -479,42 +563,81 @@ class Sweep:
         return self.text()
 
 
+def nice_ticks(top: float, most: int = 6) -> list[float]:
+    """Ticks 0, step, 2 step ... to the first at or above ``top``; step 1, 2 or 5 x 10^k; >= 3."""
+    top = max(top, 1e-9)
+    step = 10 ** math.floor(math.log10(top / 2))
+    for factor in (1, 2, 5, 10):
+        if top / (step * factor) <= most - 1:
+            step *= factor
+            break
+    ticks = [round(i * step, 9) for i in range(math.ceil(top / step - 1e-9) + 1)]
+    if len(ticks) < 3:  # a top of exactly one step: halve the step
+        ticks = [round(i * step / 2, 9) for i in range(len(ticks) * 2 - 1)]
+    return ticks
+
+
+def _tick_label(value: float) -> str:
+    """``0x``, ``2x``, ``0.5x``, ``2.5x``."""
+    return f"{value:g}x"
+
+
 def sweep_svg(points: list[tuple[int, float, float]]) -> str:
-    """Speedup (y) against workers (x), measured points joined, ideal y = x dashed."""
+    """Speedup (y) against workers (x): measured points joined, ideal y = x dashed, a legend.
+
+    The y axis has a tick every 1, 2 or 5 (times a power of ten); the legend sits in
+    the upper left, the half above the ideal line that measured points rarely reach,
+    so no label covers the last point.
+    """
     if not points:
         return "<p><i>No sweep point was measured.</i></p>"
-    top = max(max(n for n, _, _ in points), max(s for _, _, s in points), 1.0)
-    size, pad = 240, 36
+    ticks = nice_ticks(max(max(n for n, _, _ in points), max(s for _, _, s in points), 1.0))
+    top = max(ticks[-1], max(n for n, _, _ in points), max(s for _, _, s in points))
+    size, left, upper = 240, 40, 12
 
     def xy(n: float, s: float) -> tuple[float, float]:
-        return pad + n / top * size, pad // 3 + size - s / top * size
+        return left + n / top * size, upper + size - s / top * size
 
     (x0, y0), (x1, y1) = xy(0, 0), xy(top, top)
+    measured, ideal = STATUS_COLOURS[DONE], NEUTRAL_COLOUR
     parts = [
         f'<line x1="{x0}" y1="{y0}" x2="{xy(top, 0)[0]}" y2="{y0}" stroke="currentColor"/>',
         f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{xy(0, top)[1]}" stroke="currentColor"/>',
-        f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y1}" stroke="#9d9d9d" '
+        f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y1}" stroke="{ideal}" stroke-width="1.5" '
         'stroke-dasharray="4 3"><title>ideal: speedup = workers</title></line>',
-        f'<text x="{x1 - 4}" y="{y1 + 12}" text-anchor="end" {_FONT}>ideal</text>',
     ]
+    for value in ticks:
+        y = xy(0, value)[1]
+        parts.append(
+            f'<line x1="{x0 - 4}" y1="{y:.1f}" x2="{x0}" y2="{y:.1f}" stroke="currentColor"/>'
+            f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" class="parmagic-ytick" '
+            f"{_FONT}>{_tick_label(value)}</text>"
+        )
     coords = [xy(n, s) for n, _, s in points]
     parts.append(
-        '<polyline fill="none" stroke="#4c78a8" stroke-width="2" points="'
+        f'<polyline fill="none" stroke="{measured}" stroke-width="2" points="'
         + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
         + '"/>'
     )
     for (n, wall, s), (x, y) in zip(points, coords, strict=True):
         parts.append(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="#4c78a8">'
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{measured}">'
             f"<title>{n} workers: {s:.2f}x ({format_seconds(wall)})</title></circle>"
             f'<text x="{x:.1f}" y="{y0 + 14}" text-anchor="middle" {_FONT}>{n}</text>'
         )
+    lx, ly = x0 + 10, upper + 8
     parts.append(
+        f'<g class="parmagic-legend">'
+        f'<line x1="{lx}" y1="{ly}" x2="{lx + 18}" y2="{ly}" stroke="{measured}" stroke-width="2"/>'
+        f'<circle cx="{lx + 9}" cy="{ly}" r="3" fill="{measured}"/>'
+        f'<text x="{lx + 24}" y="{ly + 4}" {_FONT}>measured</text>'
+        f'<line x1="{lx}" y1="{ly + 16}" x2="{lx + 18}" y2="{ly + 16}" stroke="{ideal}" '
+        'stroke-width="1.5" stroke-dasharray="4 3"/>'
+        f'<text x="{lx + 24}" y="{ly + 20}" {_FONT}>ideal (speedup = workers)</text></g>'
         f'<text x="{x0 + size / 2}" y="{y0 + 28}" text-anchor="middle" {_FONT}>workers</text>'
-        f'<text x="4" y="{xy(0, top)[1] + 4}" {_FONT}>{top:.3g}x</text>'
-        f'<text x="4" y="{y0}" {_FONT}>0x</text>'
+        f'<text x="{x0}" y="{upper - 2}" text-anchor="middle" {_FONT}>speedup</text>'
     )
-    width, height = pad + size + 16, pad // 3 + size + 36
+    width, height = left + size + 16, upper + size + 36
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'role="img" aria-label="speedup against workers">' + "".join(parts) + "</svg>"

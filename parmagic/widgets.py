@@ -1,15 +1,22 @@
-"""The live progress bar of a run in a Jupyter notebook.
+"""The live progress bar of a run in a Jupyter notebook, and its static final picture.
 
 The only module that imports ipywidgets, and only when a bar is built (as
-tqdm's notebook view does), with an error that says what to install. Each run
-(loop) gets one widget: an ``IntProgress`` whose description carries the
-loop's name and its live status (done/total, elapsed, ETA, busy workers,
-failures), redrawn at most ~10 times a second whatever the task rate.
+tqdm's notebook view does), with an error that says what to install.
+
+Each run (loop) gets one widget: an ``HTML`` model whose value is the bar
+drawn as HTML (:func:`bar_html`: the loop's name in a fixed-width area, the
+percentage, the bar, done/total, elapsed<ETA, rate, busy workers, failures),
+redrawn at most ~10 times a second whatever the task rate. The same HTML,
+with the outcome, is the bar's final static output: at the end the bar's
+display is updated (``update_display_data``) with a ``text/plain`` +
+``text/html`` bundle of the final state and the widget's comm is closed, so a
+notebook reopened without its kernel, nbconvert and GitHub show the final bar,
+never "Error displaying widget: model not found".
 
 A bar must cost nothing a user can measure, even on a loop of a few
 milliseconds. Widgets are expensive to make (traitlets and one comm per
-model), so a bar is a single widget rather than tqdm's bar and labels in a
-box, its layout and style models are made once per kernel and shared
+model), so a bar is a single lean widget rather than tqdm's bar and labels in
+a box, its layout and style models are made once per kernel and shared
 (ipywidgets allows it), and each redraw is one message.
 
 Iteration output is written to the cell's own stdout/stderr streams in
@@ -20,22 +27,35 @@ the end the static :class:`~parmagic.summary.Summary` is displayed below the bar
 from __future__ import annotations
 
 import functools
+import html
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from .listener import PlainListener
-from .progress import Clock, Progress, Throttle, loop_name
+from .progress import BAR_CELLS, NAME_WIDTH, Clock, Progress, Throttle, loop_name
 from .record import RunRecord
-from .summary import Summary
-
-#: ``bar_style`` of the bar for each run outcome.
-OUTCOME_STYLES = {"success": "success", "error": "danger", "interrupted": "warning"}
+from .summary import OUTCOME_COLOURS, Summary, is_compact, outcome_badge
 
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
-#: ``display(obj, raw=...)`` as in ``IPython.display``.
+#: ``display(obj, raw=..., display_id=..., update=...)`` as in ``IPython.display``.
 DisplayFn = Callable[..., Any]
+
+#: The whole bar on one line in the notebook's code font; the name area has a fixed
+#: width, so the bar's left edge stays where it is whatever the loop's name.
+_LINE_STYLE = (
+    "font-family:var(--jp-code-font-family,monospace);font-size:var(--jp-code-font-size,13px);"
+    "white-space:nowrap;display:flex;align-items:center;gap:1ch;line-height:1.7"
+)
+_NAME_STYLE = f"flex:none;width:{NAME_WIDTH}ch;overflow:hidden;text-overflow:ellipsis"
+_PERCENT_STYLE = "flex:none;width:4ch;text-align:right"
+# the track's border is the text colour (currentColor): visible on any theme
+_TRACK_STYLE = (
+    f"flex:none;width:{BAR_CELLS}ch;height:1.1em;border:1px solid;border-radius:2px;"
+    "box-sizing:border-box;overflow:hidden"
+)
 
 
 def import_ipywidgets() -> Any:
@@ -50,49 +70,72 @@ def import_ipywidgets() -> Any:
     return ipywidgets
 
 
-def _ipython_display(obj: Any, raw: bool = False) -> None:
-    """``IPython.display.display``, imported only when something is shown."""
-    from IPython.display import display
+def _kernel_display(
+    obj: Any, raw: bool = False, display_id: str | None = None, update: bool = False
+) -> None:
+    """Show a bundle (``raw``) or one of parmagic's renderables in the kernel (``display.publish``)."""
+    from .display import publish
 
-    display(obj, raw=raw)
+    publish(obj if raw else obj._repr_mimebundle_(), display_id=display_id, update=update)
+
+
+def bar_html(progress: Progress, label: str, outcome: str | None = None) -> str:
+    """The bar as one line of HTML; with ``outcome`` (finished), its colour and badge."""
+    colour = OUTCOME_COLOURS.get(outcome or "running", OUTCOME_COLOURS["running"])
+    name = loop_name(label)
+    parts = [
+        f'<span class="parmagic-bar-name" style="{_NAME_STYLE}" title="{html.escape(name)}">'
+        f"{html.escape(name)}</span>"
+    ]
+    fraction = progress.fraction
+    if fraction is not None:
+        total = progress.total or 0
+        parts.append(
+            f'<span class="parmagic-bar-percent" style="{_PERCENT_STYLE}">'
+            f"{progress.percent_text().strip()}</span>"
+            f'<span class="parmagic-bar-track" style="{_TRACK_STYLE}" role="progressbar" '
+            f'aria-valuemin="0" aria-valuemax="{total}" aria-valuenow="{progress.completed}">'
+            f'<span class="parmagic-bar-fill" style="display:block;height:100%;'
+            f'width:{fraction * 100:.1f}%;background:{colour}"></span></span>'
+        )
+    parts.append(f'<span class="parmagic-bar-status">{html.escape(progress.describe())}</span>')
+    if outcome:
+        parts.append(outcome_badge(outcome))
+    state = f"parmagic-{outcome}" if outcome else "parmagic-running"
+    return f'<div class="parmagic-bar {state}" style="{_LINE_STYLE}">{"".join(parts)}</div>'
 
 
 @functools.cache
 def bar_widget() -> type:
-    """The widget class of a bar: the frontend's ``IntProgress`` model, lean.
+    """The widget class of a bar: the frontend's ``HTML`` model, lean.
 
-    ``ipywidgets.IntProgress`` carries 19 synced traits and validates its
-    bounds against each other; making one and sending it costs more than a
-    loop of a few milliseconds may spend on its bar. This ``Widget`` uses the
-    same frontend model and view (``IntProgressModel``/``ProgressView``) with
-    only the traits a bar sets: the frontend fills in the rest from its
-    defaults. Being an ``ipywidgets.Widget``, it answers state requests (a
-    page reload) and closes like any other widget.
+    ``ipywidgets.HTML`` carries more synced traits than a bar sets; making one
+    and sending it costs more than a loop of a few milliseconds may spend on its
+    bar. This ``Widget`` uses the same frontend model and view
+    (``HTMLModel``/``HTMLView``) with only the traits a bar sets: the frontend
+    fills in the rest from its defaults. Being an ``ipywidgets.Widget``, it
+    answers state requests (a page reload) and closes like any other widget.
     """
     widgets = import_ipywidgets()
     from ipywidgets._version import __jupyter_widgets_controls_version__ as version
     from ipywidgets.widgets.trait_types import InstanceDict
     from ipywidgets.widgets.widget import widget_serialization
-    from ipywidgets.widgets.widget_int import ProgressStyle
-    from traitlets import CInt, Unicode
+    from ipywidgets.widgets.widget_string import HTMLStyle
+    from traitlets import Unicode
 
     controls = "@jupyter-widgets/controls"
 
     class LoopBar(widgets.Widget):
-        """A progress bar (``IntProgressModel``) with parmagic's few traits."""
+        """A progress bar drawn as HTML (``HTMLModel``) with parmagic's few traits."""
 
         _model_module = Unicode(controls).tag(sync=True)
         _model_module_version = Unicode(version).tag(sync=True)
-        _model_name = Unicode("IntProgressModel").tag(sync=True)
+        _model_name = Unicode("HTMLModel").tag(sync=True)
         _view_module = Unicode(controls).tag(sync=True)
         _view_module_version = Unicode(version).tag(sync=True)
-        _view_name = Unicode("ProgressView").tag(sync=True)
-        value = CInt(0).tag(sync=True)
-        min = CInt(0).tag(sync=True)
-        max = CInt(100).tag(sync=True)
-        description = Unicode("").tag(sync=True)
-        bar_style = Unicode("").tag(sync=True)
-        style = InstanceDict(ProgressStyle).tag(sync=True, **widget_serialization)
+        _view_name = Unicode("HTMLView").tag(sync=True)
+        value = Unicode("").tag(sync=True)
+        style = InstanceDict(HTMLStyle).tag(sync=True, **widget_serialization)
         layout = InstanceDict(widgets.Layout).tag(sync=True, **widget_serialization)
 
     return LoopBar
@@ -110,48 +153,40 @@ def _shared(name: str, make: Callable[[], Any]) -> Any:
     return model
 
 
-#: Longest loop name the bar shows (a long header would leave no room for the bar).
-NAME_CHARS = 48
-
-
-def _shortened(name: str) -> str:
-    """``name``, cut to NAME_CHARS with an ellipsis."""
-    return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
-
-
 def plain_heading(label: str, total: int | None) -> str:
-    """The bar's ``text/plain``: fixed when displayed, so saved notebooks compare equal."""
+    """The live bar's ``text/plain``: fixed when displayed, so saved notebooks compare equal.
+
+    Replaced by the final state's line when the run ends.
+    """
     size = f"{total} iterations" if total is not None else "iterations without a known total"
     return f"[parmagic] {loop_name(label)}: {size}"
 
 
+def static_bundle(progress: Progress, label: str, outcome: str) -> dict[str, str]:
+    """The final state as ``text/plain`` (tqdm's line) and ``text/html`` (the bar)."""
+    return {
+        "text/plain": progress.line(label, outcome),
+        "text/html": bar_html(progress, label, outcome),
+    }
+
+
 class ProgressBar:
-    """One bar: an ``IntProgress`` with the loop's status as its description; not yet shown."""
+    """One bar: a lean ``HTML`` widget showing :func:`bar_html`; not yet shown."""
 
-    def __init__(self, total: int | None, label: str = "") -> None:
-        """Build the widget for a run of ``total`` iterations (None: unknown)."""
+    def __init__(self, progress: Progress, label: str = "") -> None:
+        """Build the widget for ``progress`` (its total may be None: unknown)."""
         widgets = import_ipywidgets()
-        from ipywidgets.widgets.widget_int import ProgressStyle
+        from ipywidgets.widgets.widget_string import HTMLStyle
 
-        known = total is not None
-        self.total = total
-        self.name = _shortened(loop_name(label)) if label else ""
-        self.heading = plain_heading(label, total)
-        self.status = f"0/{total} · starting" if known else "0 done · starting"
-        # Without a total the bar stays full in "info" style and the text counts (as tqdm).
+        self.progress = progress
+        self.label = label
+        self.heading = plain_heading(label, progress.total)
+        self.display_id = uuid.uuid4().hex
         self.bar = bar_widget()(
-            value=0 if known else 1,
-            min=0,
-            max=max(total, 1) if known else 1,
-            description=self._description(),
-            bar_style="" if known else "info",
-            style=_shared("style", lambda: ProgressStyle(description_width="initial")),
-            layout=_shared("layout", lambda: widgets.Layout(width="100%", max_width="72em")),
+            value=bar_html(progress, label),
+            style=_shared("html-style", HTMLStyle),
+            layout=_shared("html-layout", lambda: widgets.Layout(width="100%")),
         )
-
-    def _description(self) -> str:
-        """What the bar says left of itself: the loop's name and its status."""
-        return f"{self.name}: {self.status}" if self.name else self.status
 
     def mimebundle(self) -> dict[str, Any]:
         """The widget view bundle, with :func:`plain_heading` as its ``text/plain``.
@@ -161,29 +196,30 @@ class ProgressBar:
         """
         return {WIDGET_VIEW_MIME: self.bar.get_view_spec(), "text/plain": self.heading}
 
-    def update(self, progress: Progress) -> None:
-        """Redraw from ``progress``: one message (unchanged traits send nothing)."""
-        self.status = progress.describe()
-        with self.bar.hold_sync():
-            if self.total is not None:
-                self.bar.value = min(progress.completed, self.bar.max)
-            self.bar.description = self._description()
+    def update(self) -> None:
+        """Redraw from the progress: one message (an unchanged value sends nothing)."""
+        self.bar.value = bar_html(self.progress, self.label)
 
-    def finish(self, progress: Progress, outcome: str) -> None:
-        """Final state: value, text and the outcome's bar style, in one message."""
-        with self.bar.hold_sync():
-            if self.total is None:
-                self.bar.max = max(progress.completed, 1)
-                self.bar.value = progress.completed
-            self.update(progress)
-            self.bar.bar_style = OUTCOME_STYLES.get(outcome, "")
+    def static_bundle(self, outcome: str) -> dict[str, str]:
+        """The final state as ``text/plain`` (tqdm's line) and ``text/html`` (the bar)."""
+        return static_bundle(self.progress, self.label, outcome)
+
+    def close(self) -> None:
+        """Close the widget's comm: the static output has replaced its view."""
+        self.bar.close()
 
 
 class WidgetListener:
     """A ``RunListener`` drawing a live :class:`ProgressBar` per run, then the summary.
 
-    ``display`` and ``clock`` are injectable so tests build the widgets
-    without a frontend and without sleeping.
+    The bar appears at the first redraw, 0.1 s into the run (as tqdm's
+    ``delay``): a loop that ends sooner shows only its static final bar, one
+    message instead of a widget's four (open, display, update, close), which on
+    a busy machine cost a millisecond or more. At the end the bar's display
+    becomes the static final state and the widget is closed. ``summary`` False
+    shows no summary; a ``%pmap`` run or a short loop gets the one-line summary.
+    ``display`` and ``clock`` are injectable so tests build the widgets without
+    a frontend and without sleeping.
     """
 
     def __init__(
@@ -191,42 +227,55 @@ class WidgetListener:
         label: str = "",
         clock: Clock = time.monotonic,
         display: DisplayFn | None = None,
+        summary: bool = True,
     ) -> None:
         """``label`` names the bar (default: the record's label)."""
         import_ipywidgets()
         self.label = label
         self.clock = clock
-        self.display = display or _ipython_display
+        self.display = display or _kernel_display
+        self.summary = summary
         self.view: ProgressBar | None = None
         self.progress: Progress | None = None
         self.throttle = Throttle()
+        self._name = label
         self._output = PlainListener()
 
     def on_start(self, record: RunRecord) -> None:
-        """Build and show a fresh bar for this run."""
+        """Start counting; the bar is shown at the first redraw, one interval later."""
         self.progress = Progress.for_record(record, clock=self.clock)
-        # the new bar shows its start; the first redraw waits one interval
         self.throttle = Throttle(last=self.progress.started)
-        self.view = ProgressBar(record.total, self.label or record.label)
-        self.display(self.view.mimebundle(), raw=True)
+        self.view = None
+        self._name = self.label or record.label
 
     def on_progress(self, record: RunRecord, busy: int) -> None:
-        """Redraw, unless the last redraw was under 0.1 s ago."""
-        if self.view is None or self.progress is None:
+        """Redraw (showing the bar the first time), unless the last redraw was under 0.1 s ago."""
+        if self.progress is None:
             return
         if self.throttle.should_render(self.clock()):
             self.progress.observe(record, busy)
-            self.view.update(self.progress)
+            if self.view is None:
+                self.view = ProgressBar(self.progress, self._name)
+                self.display(self.view.mimebundle(), raw=True, display_id=self.view.display_id)
+            else:
+                self.view.update()
 
     def on_output(self, index: int, stream: str, text: str) -> None:
         """Write the committed iteration's output to the cell's stream, whole."""
         self._output.on_output(index, stream, text)
 
     def on_finish(self, record: RunRecord) -> None:
-        """Final bar state and style, then the static summary below it."""
-        if self.view is None or self.progress is None:
+        """The bar's display becomes its static final state; the widget closes; the summary."""
+        if self.progress is None:
             return
-        self.throttle.should_render(self.clock(), final=True)
         self.progress.finish(record)
-        self.view.finish(self.progress, record.outcome)
-        self.display(Summary(record))
+        bundle = static_bundle(self.progress, self._name, record.outcome)
+        if self.view is None:  # ended before its first redraw: the final state only
+            self.display(bundle, raw=True)
+        else:
+            # update first, then close: the view is replaced before its model goes away
+            self.display(bundle, raw=True, display_id=self.view.display_id, update=True)
+            self.view.close()
+        self.progress = None
+        if self.summary:
+            self.display(Summary(record, compact=is_compact(record)))

@@ -2,9 +2,13 @@
 
 Starts its own ``jupyter lab`` (free loopback port, random token, throw-away
 config/runtime/settings dirs), opens a notebook with a ``%%parallel`` cell in
-Debian's Chromium through Playwright, runs it, and watches the DOM: the bar
-takes several widths over time, ends full and green, the static summary
-renders below it, and no widget falls back to text or fails. Screenshots go
+Debian's Chromium through Playwright, runs it, and watches the DOM: the live
+bar (an HTML widget) takes several widths over time, ends full as a static
+output with the success badge, the static summary renders below it, and no
+widget falls back to text or fails. Then the notebook is saved, its kernel shut
+down and the page reloaded: the final bar is still there, with no "Error
+displaying widget". The same in Jupyter Notebook 7 where it is installed.
+Screenshots go
 to ``artifacts/screenshots/``; with ``PARMAGIC_README_SHOTS=1`` they are also copied
 to ``docs/img/`` for the README (so ordinary runs leave the checkout clean).
 
@@ -45,7 +49,8 @@ CELLS = [
     "    squares.append(i * i)",
     "sum(squares)",
 ]
-BAR = ".jp-OutputArea-output .jupyter-widgets.widget-hprogress"
+LIVE_BAR = ".jp-OutputArea-output .jupyter-widgets.widget-html .parmagic-bar"
+STATIC_BAR = ".jp-RenderedHTMLCommon .parmagic-bar"  # an HTML output (same element as the output)
 
 
 def missing(reason: str) -> None:
@@ -98,21 +103,29 @@ def write_notebook(root: Path) -> None:
     nbformat.write(nb, root / NOTEBOOK)
 
 
-def lab_command(port: int, token: str, root: Path, tmp: Path) -> list[str]:
+def lab_command(port: int, token: str, root: Path, tmp: Path, app: str = "lab") -> list[str]:
     cmd = [
         str(Path(sys.executable).with_name("jupyter")),
-        "lab",
+        app,
         "--no-browser",
         f"--port={port}",
         "--ServerApp.ip=127.0.0.1",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={root}",
-        "--LabApp.news_url=None",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        f"--LabApp.user_settings_dir={tmp / 'settings'}",
-        f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
         "--expose-app-in-browser",
     ]
+    if app == "lab":
+        cmd += [
+            "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            f"--LabApp.user_settings_dir={tmp / 'settings'}",
+            f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
+        ]
+    else:  # Notebook 7 takes the same settings under its own app name
+        cmd += [
+            f"--JupyterNotebookApp.user_settings_dir={tmp / 'settings'}",
+            f"--JupyterNotebookApp.workspaces_dir={tmp / 'workspaces'}",
+        ]
     return cmd + (["--allow-root"] if os.geteuid() == 0 else [])
 
 
@@ -177,6 +190,23 @@ def lab(tmp_path, playwright_api):
     Function-scoped so that the server and its kernels (and their pools) are gone
     before the leak check of ``conftest.no_leftovers`` looks.
     """
+    yield from serve(tmp_path, "lab")
+
+
+@pytest.fixture
+def notebook7(tmp_path, playwright_api):
+    """``jupyter notebook`` (Notebook 7) serving the test notebook; skips where not installed."""
+    try:
+        import notebook
+    except ImportError:
+        pytest.skip("Jupyter Notebook 7 is not installed (pip install 'notebook>=7')")
+    if int(notebook.__version__.split(".")[0]) < 7:
+        pytest.skip(f"notebook {notebook.__version__} is not Notebook 7")
+    yield from serve(tmp_path, "notebook")
+
+
+def serve(tmp_path: Path, app: str):
+    """Start ``jupyter <app>`` on the test notebook; yield its address; stop it."""
     tmp = tmp_path
     root = tmp / "root"
     root.mkdir()
@@ -197,7 +227,7 @@ def lab(tmp_path, playwright_api):
     log_path = tmp / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            lab_command(port, token, root, tmp),
+            lab_command(port, token, root, tmp, app),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -207,7 +237,7 @@ def lab(tmp_path, playwright_api):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(proc, f"{base}/api/status?token={token}", log_path)
-        yield {"base": base, "token": token}
+        yield {"base": base, "token": token, "app": app}
     finally:
         stop_server(proc, base, token)
 
@@ -220,35 +250,39 @@ def browser(playwright_api):
         b.close()
 
 
-# Record every width the progress bar takes, in the page (MutationObserver), so that no
-# intermediate state is missed by polling.
+# Record every width the live bar's fill takes, in the page (MutationObserver), so that no
+# intermediate state is missed by polling. The bar is an HTML widget: each redraw replaces
+# its content, so watch the whole subtree and read the fill after each change.
 RECORD_JS = """() => {
   window.__bars = [];
-  new MutationObserver(muts => {
-    for (const m of muts) {
-      const el = m.target;
-      if (!(el instanceof HTMLElement) || !el.classList.contains('progress-bar')) continue;
-      window.__bars.push({t: performance.now(), width: el.style.width, cls: el.className});
-    }
-  }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ['style', 'class']});
+  new MutationObserver(() => {
+    const fill = document.querySelector('.widget-html .parmagic-bar-fill');
+    if (fill) window.__bars.push({t: performance.now(), width: fill.style.width});
+  }).observe(document.body, {subtree: true, childList: true, attributes: true});
 }"""
 
-BAR_WIDTH_JS = """() => { const b = document.querySelector('.widget-hprogress .progress-bar');
+BAR_WIDTH_JS = """() => { const b = document.querySelector('.widget-html .parmagic-bar-fill');
                          return b ? parseFloat(b.style.width) : null; }"""
 
 
 MID_RUN_JS = f"() => {{ const w = ({BAR_WIDTH_JS})(); return w >= 25 && w <= 75; }}"
 
+#: The kernel is connected and idle: JupyterLab's status bar, or Notebook 7's indicator.
+IDLE = {
+    "lab": ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']",
+    "notebook": ".jp-Notebook-ExecutionIndicator[data-status='idle']",
+}
 
-def open_notebook(browser, lab):
+
+def open_notebook(browser, server):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{lab['base']}/lab/tree/{NOTEBOOK}?token={lab['token']}")
-    page.wait_for_selector(
-        ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000
-    )
-    page.get_by_text("| Idle").first.wait_for(timeout=60_000)
+    path = "lab/tree" if server["app"] == "lab" else "notebooks"
+    page.goto(f"{server['base']}/{path}/{NOTEBOOK}?token={server['token']}")
+    page.wait_for_selector(IDLE[server["app"]], timeout=60_000)
+    if server["app"] == "lab":
+        page.get_by_text("| Idle").first.wait_for(timeout=60_000)
     return page, errors
 
 
@@ -272,8 +306,8 @@ def save_shot(locator, name: str) -> None:
         shutil.copyfile(SHOTS / name, DOC_IMAGES / name)
 
 
-def test_parallel_cell_shows_live_bar_then_summary(browser, lab):
-    page, errors = open_notebook(browser, lab)
+def run_all_and_check(page, errors, shots: bool) -> None:
+    """Run every cell; the live bar fills over time, then is the static final bar and summary."""
     page.evaluate(RECORD_JS)
     # (not awaited: the command's promise resolves only when every cell has run)
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
@@ -281,23 +315,25 @@ def test_parallel_cell_shows_live_bar_then_summary(browser, lab):
 
     # the widget view appears, or its text/plain fallback if widgets failed: fail fast then
     first = page.wait_for_selector(
-        f"{BAR}, .jp-OutputArea-output:has-text('[parmagic] for')", timeout=60_000
+        f"{LIVE_BAR}, .jp-OutputArea-output:has-text('[parmagic] for')", timeout=60_000
     )
-    assert "widget-hprogress" in (first.get_attribute("class") or ""), (
+    assert "parmagic-bar" in (first.get_attribute("class") or ""), (
         "widget did not render, got its text fallback: " + first.inner_text()
     )
 
     page.wait_for_function(MID_RUN_JS, polling=50, timeout=30_000)
-    save_shot(loop_cell, "progress-live.png")
+    if shots:
+        save_shot(loop_cell, "progress-live.png")
 
-    page.wait_for_selector(f"{BAR} .progress-bar.progress-bar-success", timeout=60_000)
-    assert page.evaluate(BAR_WIDTH_JS) == 100.0
+    # the end: the widget's output replaced by the static final state
+    loop_cell.locator(f"{STATIC_BAR}.parmagic-success").wait_for(timeout=60_000)
     summary = loop_cell.locator(".parmagic-summary")
     summary.wait_for(timeout=30_000)
     page.locator(".jp-CodeCell").nth(2).locator(
         ".jp-OutputArea-output", has_text=str(sum(i * i for i in range(24)))
     ).wait_for(timeout=30_000)
-    save_shot(loop_cell, "summary.png")
+    if shots:
+        save_shot(loop_cell, "summary.png")
 
     widths = distinct_widths(page.evaluate("window.__bars"))
     seen = [w for _, w in widths]
@@ -305,13 +341,71 @@ def test_parallel_cell_shows_live_bar_then_summary(browser, lab):
     assert len({w for w in seen if 0 < w < 100}) >= 4, seen
     assert (widths[-1][0] - widths[0][0]) / 1000 > 1.0, widths  # spread over the run: live
 
-    assert "for i in range(24): 24/24 · " in loop_cell.locator(".widget-hprogress").inner_text()
+    check_final_bar(page, loop_cell)
+    assert loop_cell.locator(".jupyter-widgets").count() == 0  # no widget left in the output
     assert summary.locator("svg text", has_text="pid ").count() == 2  # a timeline row per worker
     assert summary.locator("svg rect").count() >= 2
     assert "speedup" in summary.inner_text()
+    assert not errors, errors
+
+
+def check_final_bar(page, loop_cell) -> None:
+    """The static bar shows the final state: 24/24, full, the success badge; nothing failed."""
+    final = loop_cell.locator(STATIC_BAR)
+    assert final.count() == 1
+    text = final.inner_text()
+    assert "for i in range(24)" in text and "100%" in text and "24/24 [" in text, text
+    assert "success" in final.locator(".parmagic-outcome").inner_text()
+    width = final.locator(".parmagic-bar-fill").evaluate("el => parseFloat(el.style.width)")
+    assert width == 100.0, width
     out_text = loop_cell.locator(".jp-OutputArea").inner_text()
-    for fallback in ("[parmagic] for", "LoopBar(", "IntProgress(", "Loading widget"):
+    for fallback in ("[parmagic] for", "LoopBar(", "HTML(", "Loading widget", "24 iterations"):
         assert fallback not in out_text, out_text
-    assert "Error displaying widget" not in page.content()
+    content = page.content()
+    assert "Error displaying widget" not in content and "model not found" not in content
+
+
+def reopen_without_kernel(page, server) -> None:
+    """Save the notebook, shut its kernel down, reload the page: as reopening it later."""
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function(
+        "() => !document.querySelector('.jp-mod-dirty')", polling=100, timeout=30_000
+    )
+    with urllib.request.urlopen(
+        f"{server['base']}/api/kernels?token={server['token']}", timeout=5
+    ) as r:
+        kernel_ids = [k["id"] for k in json.load(r)]
+    pids = kernel_pids(kernel_ids)
+    for kid in kernel_ids:
+        req = urllib.request.Request(
+            f"{server['base']}/api/kernels/{kid}?token={server['token']}", method="DELETE"
+        )
+        urllib.request.urlopen(req, timeout=30).close()
+    # the server forgets these kernels: wait here for their processes and pool scratch
+    deadline = time.monotonic() + 30
+    while kernel_pids(kernel_ids) and time.monotonic() < deadline:
+        time.sleep(0.2)  # no event to await from another process tree
+    wait_for_scratch_of(pids)
+    page.reload()
+    page.locator(".jp-CodeCell").nth(1).locator(STATIC_BAR).wait_for(timeout=60_000)
+
+
+def test_parallel_cell_shows_live_bar_then_static_final_bar_and_summary(browser, lab):
+    page, errors = open_notebook(browser, lab)
+    run_all_and_check(page, errors, shots=True)
+    reopen_without_kernel(page, lab)
+    loop_cell = page.locator(".jp-CodeCell").nth(1)
+    check_final_bar(page, loop_cell)
+    loop_cell.locator(".parmagic-summary svg").wait_for(timeout=30_000)
+    save_shot(loop_cell, "reopened.png")
+    assert not errors, errors
+    page.close()
+
+
+def test_notebook7_shows_live_bar_then_static_final_bar(browser, notebook7):
+    page, errors = open_notebook(browser, notebook7)
+    run_all_and_check(page, errors, shots=False)
+    reopen_without_kernel(page, notebook7)
+    check_final_bar(page, page.locator(".jp-CodeCell").nth(1))
     assert not errors, errors
     page.close()

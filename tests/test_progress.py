@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from parmagic.progress import Progress, Throttle, format_seconds
+from parmagic.progress import (
+    NAME_WIDTH,
+    Progress,
+    Throttle,
+    format_interval,
+    format_rate,
+    format_seconds,
+    name_area,
+    text_bar,
+)
 from parmagic.record import DONE, FAILED, IterationRecord, RunRecord
 
 
@@ -58,17 +67,49 @@ def test_recount_and_finish_take_exact_numbers(clock):
     assert progress.elapsed == 3.0  # frozen at finish
 
 
-def test_eta_from_mean_rate(clock):
+def test_rate_and_eta_at_a_steady_pace(clock):
     progress, record = make(clock, total=10)
     assert progress.eta is None and progress.rate is None  # nothing ended yet
-    clock.advance(4)
+    for _ in range(4):  # two iterations a second, observed every 0.5 s
+        clock.advance(0.5)
+        commit(record)
+        progress.observe(record, busy=2)
+    assert progress.rate == pytest.approx(2.0)
+    assert progress.remaining == 6
+    assert progress.eta == pytest.approx(3.0)
+    assert progress.fraction == pytest.approx(0.4)
+    progress.finish(record)
+    assert progress.rate == pytest.approx(2.0)  # the mean once finished
+
+
+def test_eta_never_rises_between_completions(clock):
+    progress, record = make(clock, total=10)
+    clock.advance(1)
     commit(record)
     commit(record)
     progress.observe(record, busy=2)
-    assert progress.rate == pytest.approx(0.5)
-    assert progress.remaining == 8
-    assert progress.eta == pytest.approx(16.0)
-    assert progress.fraction == pytest.approx(0.2)
+    etas = [progress.eta]
+    for _ in range(30):  # 3 s with nothing new: the mean rate would make the ETA climb
+        clock.advance(0.1)
+        progress.observe(record, busy=2)
+        etas.append(progress.eta)
+    assert all(b <= a for a, b in zip(etas, etas[1:], strict=False)), etas
+    assert etas[-1] == pytest.approx(7 / 2)  # counted down, held at one iteration fewer
+    assert etas[-1] > 0
+
+
+def test_rate_is_smoothed_like_tqdm(clock):
+    progress, record = make(clock, total=100)
+    for _ in range(10):  # 10 it/s for a second
+        clock.advance(0.1)
+        commit(record)
+        progress.observe(record, busy=2)
+    clock.advance(1.0)  # one slow iteration: 1 it/s
+    commit(record)
+    progress.observe(record, busy=2)
+    # an EMA (weight 0.3) moves part of the way, not to the new rate nor the mean
+    assert 1.0 < progress.rate < 10.0
+    assert progress.rate == pytest.approx(0.3 * 1.0 + 0.7 * 10.0, rel=0.01)
 
 
 def test_eta_zero_when_all_done_and_none_without_total(clock):
@@ -89,22 +130,61 @@ def test_empty_total_is_complete(clock):
     assert progress.fraction == 1.0 and progress.eta == 0.0
 
 
-def test_describe_running_and_finished(clock):
-    progress, record = make(clock, total=16)
-    clock.advance(2)
-    for _ in range(4):
+def test_line_running_and_finished(clock):
+    progress, record = make(clock, total=20)
+    for _ in range(9):
+        clock.advance(0.25)
         commit(record)
-    progress.observe(record, busy=2)
-    assert progress.describe() == "4/16 · 2.00s elapsed · ETA 6.00s · 2/2 busy · 0 failed"
+        progress.observe(record, busy=2)
+    line = progress.line("for i in range(20):")
+    assert line == (
+        "for i in range(20)        45%|█████████           | 9/20 "
+        "[00:02<00:02, 4.00 it/s, 2/2 busy]"
+    )
+    commit(record, FAILED)
     progress.finish(record)
-    assert progress.describe() == "4/16 · 2.00s elapsed · 0 failed"
+    assert progress.line("for i in range(20):", "error") == (
+        "for i in range(20)        50%|██████████          | 10/20 "
+        "[00:02, 4.44 it/s, 1 failed] error"
+    )
 
 
-def test_describe_without_total(clock):
+def test_bar_left_edge_does_not_move_with_the_name(clock):
+    progress, _ = make(clock, total=4)
+    names = ["x", "for i in range(4):", "for left, right in zip(first_long_name, second):"]
+    edges = [progress.line(name).index("|") for name in names]
+    assert len(set(edges)) == 1, edges
+    assert name_area(names[2]).endswith("…") and len(name_area(names[2])) == NAME_WIDTH
+
+
+def test_line_without_total(clock):
     progress, record = make(clock, total=None, workers=4)
     commit(record, FAILED)
     progress.observe(record, busy=3)
-    assert progress.describe() == "1 done · 0.00s elapsed · 3/4 busy · 1 failed"
+    assert progress.line("loop").endswith(" 1 done [00:00, ? it/s, 3/4 busy, 1 failed]")
+
+
+@pytest.mark.parametrize(
+    ("fraction", "bar"),
+    [(0.0, " " * 20), (0.5, "█" * 10 + " " * 10), (0.53, "█" * 10 + "▌" + " " * 9), (1, "█" * 20)],
+)
+def test_text_bar(fraction, bar):
+    assert text_bar(fraction) == bar
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(None, "?"), (2.7, "00:02"), (125, "02:05"), (3723, "1:02:03")]
+)
+def test_format_interval(seconds, text):
+    assert format_interval(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [(None, "? it/s"), (4.1, "4.10 it/s"), (1234.5, "1,234 it/s"), (0.4, "2.50 s/it")],
+)
+def test_format_rate(rate, text):
+    assert format_rate(rate) == text
 
 
 @pytest.mark.parametrize(
