@@ -32,6 +32,7 @@ from .listener import PlainListener, RunListener
 from .options import Options
 from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
+from .streams import LoopStreams
 from .supervisor import Supervisor
 from .worker.batch import RoutingStream, run_batch
 from .worker.protocol import RESERVED, BatchResult, Payload, PayloadRef
@@ -105,6 +106,7 @@ class LoopRun:
     failures: list[tuple[int, Any, BaseException]] = field(default_factory=list)
     first_error: tuple[int, BaseException, str] | None = None
     ref: PayloadRef | None = None
+    streams: LoopStreams | None = None  # random generators: their streams and draws
 
     @property
     def collect(self) -> bool:
@@ -163,7 +165,9 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     )
     _runs.append(run.record)
     started = time.perf_counter()
-    run.ref = backend.publish(_payload(step, cell, backend))
+    payload = _payload(step, cell, backend)
+    run.streams = LoopStreams.start(payload, backend)
+    run.ref = backend.publish(payload)
     supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
     try:
         run.record.startup = time.perf_counter() - started
@@ -182,6 +186,8 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         run.record.ended = time.time()
         _iterations_run[0] += run.record.done
         run.listener.on_finish(run.record)
+        if not dry:
+            run.streams.finish()
     if dry:
         if run.failures:
             raise run.failures[0][2]
@@ -417,6 +423,8 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
         _note_failure(run, k, item, exc, tb)
     run.record.add_task(task)
     run.final_locals.update(result.locals)
+    if run.streams is not None:
+        run.streams.saw(result.drew)
     return run.first_error is not None and not run.collect
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import IterationTimeoutError, _short_repr
 from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
 from .protocol import RESERVED, BatchResult, Payload, PayloadRef
+from .streams import for_run as _streams_for_run
 
 
 def raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> bool:
@@ -117,8 +118,16 @@ class _BatchState:
         self.slot = slot  # the batch's line on the kernel's status board
         self.items = items
         self.interrupted = False
+        self.track = track
+        self.stop_at: int | None = None  # the probe's effect index (run_batch's stop_at_effect)
         # the body calls mark(perf_counter()) per iteration: a bare list.append when it can
         self.mark = self._mark_and_arm if timeout or track else result.marks.append
+
+    def restart(self) -> None:
+        """Drop this attempt's results: the batch runs again from its start (random streams)."""
+        result = self.result = BatchResult(start=self.start, ran=0, pid=self.result.pid)
+        self.record = result.effects.append if self.stop_at is None else _stop_at(self.stop_at)
+        self.mark = self._mark_and_arm if self.timeout or self.track else result.marks.append
 
     @property
     def current(self) -> int:
@@ -206,6 +215,7 @@ def run_batch(
     state = _BatchState(result, _usable_timeout(payload.timeout), slot, track, items)
     if stop_at_effect is not None:
         state.record = _stop_at(stop_at_effect)
+        state.stop_at = stop_at_effect
     if slot is not None and not track:
         slot.write(start, start, RUNNING if len(items) == 1 else BATCH)
     old_out, old_err = sys.stdout, sys.stderr
@@ -225,8 +235,12 @@ def run_batch(
         if payload.timeout and not main and slot is None
         else None
     )
+    streams = _streams_for_run(payload)
     try:
-        _run_items(payload, fn, state, start, items)
+        if streams is None:
+            _run_items(payload, fn, state, start, items)
+        else:  # the loop may draw random numbers: each iteration on its own stream
+            streams.run(state, len(items), lambda: _run_items(payload, fn, state, start, items))
     finally:
         if alarm is not None:
             alarm.stop()
@@ -241,6 +255,7 @@ def run_batch(
             _thread_capture.state = None
         else:
             sys.stdout, sys.stderr = old_out, old_err
+    result = state.result  # a new one when the streams ran the batch again
     result.ran = len(result.marks)
     if payload.pickle_locals:
         pickle_locals(result)

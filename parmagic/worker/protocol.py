@@ -32,6 +32,8 @@ class Payload:
     #: prints are captured per thread (several batches share the process: threads, dask),
     #: rather than by replacing the process's sys.stdout (a process worker runs one batch)
     output_per_thread: bool = False
+    #: generators the iterations may draw from: id -> (kind, entropy); see worker/streams.py
+    streams: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 class PayloadRef:
@@ -133,3 +135,4 @@ class BatchResult:
     errors: list[tuple[int, BaseException, str]] = field(default_factory=list)  # (k, exc, tb)
     locals: dict[str, Any] = field(default_factory=dict)  # values, or cloudpickle bytes
     unsent_locals: list[str] = field(default_factory=list)
+    drew: list[str] = field(default_factory=list)  # generator ids the batch drew from
