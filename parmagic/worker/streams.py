@@ -7,14 +7,17 @@ batch or backend runs it: ``numpy.random.SeedSequence(entropy, spawn_key=(k,))``
 for NumPy generators, a blake2b of (entropy, k) as the seed of a ``random.Random``
 (so that the ``random`` module needs no NumPy).
 
-Seeding at every iteration costs 5-50 µs, too much for 100,000 trivial
-iterations, so a batch seeds each generator once, to the stream of its first
-iteration, and compares the generator's state at its end: unchanged, nothing
-drew and the batch stands (as does a one-iteration batch that drew). A batch of
-several iterations that drew runs again with a reseed at each iteration start
-(its first attempt's results are dropped: effects and output are only recorded
-in a worker), and the run remembers which generators draw, so its later
-batches on this worker reseed per iteration from the start.
+Seeding at every iteration costs 10-50 µs, too much for 100,000 trivial
+iterations. So a one-iteration batch seeds each generator to its iteration's
+stream; a batch of several needs only a generator in a known, untouched state
+(seeded by us, nothing drawn since, no cached Gaussian): it is seeded once per
+run and worker, and stays so while nothing draws. Each batch compares the
+generator's state at its end (for MT19937, five words read in place):
+unchanged, nothing drew and the batch stands (as does a one-iteration batch
+that drew). A batch of several iterations that drew runs again with a reseed at
+each iteration start (its first attempt's results are dropped: effects and
+output are only recorded in a worker), and the run remembers which generators
+draw, so its later batches on this worker reseed per iteration from the start.
 
 This module imports NumPy never: a NumPy generator is only handled when NumPy
 is already in ``sys.modules``.
@@ -22,9 +25,11 @@ is already in ``sys.modules``.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import random
 import sys
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -66,8 +71,32 @@ def state_of(kind: str, gen: Any) -> Any:
 
 def digest(kind: str, gen: Any) -> int:
     """The entropy of ``gen``'s streams: a 256-bit blake2b of its state."""
-    text = repr(canonical(state_of(kind, gen))).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=32).digest(), "little")
+    h = hashlib.blake2b(digest_size=32)
+    _feed(h, state_of(kind, gen))
+    return int.from_bytes(h.digest(), "little")
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Hash a state's structure and values (not its repr: 625 ints take 0.3 ms to print)."""
+    if isinstance(obj, list | tuple):
+        try:
+            words = array("Q", obj).tobytes()  # a run of machine words (random's state)
+        except (TypeError, OverflowError):
+            h.update(b"(%d:" % len(obj))
+            for value in obj:
+                _feed(h, value)
+            h.update(b")")
+        else:
+            h.update(b"[%d:" % len(obj))
+            h.update(words)
+        return
+    if isinstance(obj, bytes):
+        h.update(b"b%d:" % len(obj))
+        h.update(obj)
+        return
+    text = repr(obj).encode()
+    h.update(b"r%d:" % len(text))
+    h.update(text)
 
 
 def seed(kind: str, gen: Any, entropy: int, key: int) -> None:
@@ -99,16 +128,41 @@ def global_generator(gen_id: str) -> Any:
     return np.random.mtrand._rand if np is not None else None
 
 
+def _bits(kind: str, gen: Any) -> Any:
+    """The bit generator of a NumPy generator."""
+    return gen.bit_generator if kind == GENERATOR else getattr(gen, "_bit_generator", None)
+
+
+def _mt_words(bits: Any) -> Any:
+    """The words of an MT19937's C state (key[624], pos), or None for other bit generators.
+
+    Reading ``get_state()`` copies and wraps 2.5 kB (25-100 µs); five words read in
+    place take 0.1 µs and tell as much here: right after seeding, pos is 624, so the
+    first draw regenerates the whole key.
+    """
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(bits, np.random.MT19937):
+        return None
+    return (ctypes.c_uint32 * 625).from_address(bits.ctypes.state_address)
+
+
 class _Gen:
-    __slots__ = ("id", "kind", "gen", "entropy")
+    __slots__ = ("id", "kind", "gen", "entropy", "bits", "words", "fresh")
 
     def __init__(self, gen_id: str, kind: str, gen: Any, entropy: int):
         self.id, self.kind, self.gen, self.entropy = gen_id, kind, gen, entropy
+        # holding the bit generator keeps the memory the words are read from alive
+        self.bits = _bits(kind, gen) if kind != RANDOM else None
+        self.words = _mt_words(self.bits)
+        self.fresh: Any = None  # the state as seeded, while nothing has drawn since
 
     def seed(self, key: int) -> None:
         seed(self.kind, self.gen, self.entropy, key)
 
     def state(self) -> Any:
+        w = self.words
+        if w is not None and _bits(self.kind, self.gen) is self.bits:
+            return (w[1], w[2], w[3], w[623], w[624])  # key[0] is constant after init_by_array
         return state_of(self.kind, self.gen)
 
 
@@ -119,8 +173,11 @@ class RunStreams:
         self.specs = specs
         self.captured = captured
         self.drawing: set[str] = set()
+        self._gens: list[_Gen] | None = None
 
     def _present(self) -> list[_Gen]:
+        if self._gens is not None:
+            return self._gens
         gens = []
         for gen_id, (kind, entropy) in self.specs.items():
             if gen_id in (GLOBAL_RANDOM, GLOBAL_NUMPY):
@@ -129,6 +186,8 @@ class RunStreams:
                 gen = self.captured.get(gen_id)
             if gen is not None:
                 gens.append(_Gen(gen_id, kind, gen, entropy))
+        if GLOBAL_NUMPY not in self.specs or any(g.id == GLOBAL_NUMPY for g in gens):
+            self._gens = gens  # all there: the same objects for the whole run
         return gens
 
     def run(self, state: Any, count: int, attempt: Callable[[], None]) -> None:
@@ -145,13 +204,23 @@ class RunStreams:
             for g in gens:
                 if g.id in self.drawing:
                     per_iteration.append(g)
-                else:
+                    continue
+                # a batch of several iterations that draws runs again anyway, so it only
+                # needs a generator in a known, untouched state (``fresh``: seeded by us
+                # and not drawn from since, no cached Gaussian) to see whether it drew;
+                # a one-iteration batch is put on its iteration's stream
+                if count == 1 or g.fresh is None:
                     g.seed(state.start)
-                    watched.append((g, g.state()))
+                    g.fresh = g.state()
+                watched.append(g)
             if per_iteration:
                 state.mark = _reseeding(state, per_iteration)
             attempt()
-            changed = {g.id for g, before in watched if g.state() != before}
+            changed = set()
+            for g in watched:
+                if g.state() != g.fresh:
+                    changed.add(g.id)
+                    g.fresh = None
             self.drawing |= changed
             # the body imported NumPy: its global generator was not on the batch's stream
             appeared = GLOBAL_NUMPY in self.specs and global_generator(GLOBAL_NUMPY) is not None
