@@ -132,3 +132,56 @@ def test_library_code_drawing_from_the_global_generator(ip, capsys) -> None:
     again, _ = cell(ip, capsys, "-n 2 --chunksize 4", body, "inertia")
     assert again == first
     assert NOTICE in err and "np.random" in err
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """Two single-threaded dask workers (threads of one worker would share its generators)."""
+    pytest.importorskip("distributed")
+    from .test_dask import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("dask"), workers=2, threads=1) as found:
+        yield found
+
+
+def test_every_process_backend_gives_the_same_numbers(ip, capsys) -> None:
+    (xs, after), _ = cell(ip, capsys, "-n 2 --backend loky", GLOBAL_NUMPY, "xs", "after")
+    other, _ = cell(ip, capsys, "-n 3 --backend multiprocessing", GLOBAL_NUMPY, "xs", "after")
+    assert other == [xs, after]
+
+
+@pytest.mark.dask
+def test_dask_gives_the_same_numbers(ip, capsys, dask_cluster) -> None:
+    (xs, after), _ = cell(ip, capsys, "-n 2 --chunksize 3", GLOBAL_NUMPY, "xs", "after")
+    magic = f"--backend dask --scheduler {dask_cluster.address}"
+    for chunks in ("--chunksize 1", "--chunksize 7"):
+        other, err = cell(ip, capsys, f"{magic} {chunks}", GLOBAL_NUMPY, "xs", "after")
+        assert other == [xs, after]
+        assert NOTICE in err
+
+
+def test_failing_iterations_keep_the_streams_of_the_rest(ip, capsys) -> None:
+    body = (
+        "np.random.seed(1)\nxs = []\nfor i in range(10):\n    v = np.random.normal()\n"
+        "    if i % 4 == 1:\n        raise ValueError(i)\n    xs.append(v)\n"
+    )
+    seen = []
+    for chunks in ("--chunksize 1", "--chunksize 5"):
+        magic = f"%%parallel --no-progress -n 2 --on-error collect {chunks}\n"
+        result, _, err = run(ip, magic + body, capsys)
+        assert [k for k, _, _ in result.error_in_exec.failures] == [1, 5, 9]
+        seen.append((ip.user_ns["xs"], ip.user_ns["v"]))
+    assert seen[0] == seen[1]
+    assert len(set(seen[0][0])) == 7
+
+
+def test_an_effect_failing_in_the_kernel_leaves_the_locals_of_its_stream(ip, capsys) -> None:
+    body = (
+        "np.random.seed(3)\nd = {}\nfor i in range(6):\n    v = np.random.normal()\n    d[i] += v\n"
+    )
+    seen = []
+    for chunks in ("--chunksize 1", "--chunksize 3", "--chunksize 6"):
+        result, _, _ = run(ip, f"%%parallel --no-progress -n 2 {chunks}\n{body}", capsys)
+        assert isinstance(result.error_in_exec, KeyError)
+        seen.append((ip.user_ns["i"], ip.user_ns["v"]))
+    assert seen[0][0] == 0 and seen[1:] == seen[:1] * 2
