@@ -34,6 +34,7 @@ from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
 from .replay_output import STREAMS as RICH_STREAMS
 from .replay_output import replay, routed_in_kernel, settings
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
+from .streams import LoopStreams
 from .supervisor import Supervisor
 from .worker.batch import RoutingStream, run_batch
 from .worker.protocol import RESERVED, BatchResult, Payload, PayloadRef
@@ -111,6 +112,7 @@ class LoopRun:
     ref: PayloadRef | None = None
     #: id of each kernel item an iteration changed -> that iteration
     written: dict[int, int] = field(default_factory=dict)
+    streams: LoopStreams | None = None  # random generators: their streams and draws
 
     @property
     def collect(self) -> bool:
@@ -169,7 +171,9 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     )
     _runs.append(run.record)
     started = time.perf_counter()
-    run.ref = backend.publish(_payload(step, cell, backend, dry))
+    payload = _payload(step, cell, backend, dry)
+    run.streams = LoopStreams.start(payload, backend)
+    run.ref = backend.publish(payload)
     supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
     try:
         run.record.startup = time.perf_counter() - started
@@ -188,6 +192,8 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         run.record.ended = time.time()
         _iterations_run[0] += run.record.done
         run.listener.on_finish(run.record)
+        if not dry:
+            run.streams.finish()
     if dry:
         if run.failures:
             raise run.failures[0][2]
@@ -447,6 +453,8 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
     if result.refs:
         _own_locals(result, chunk)
     run.final_locals.update(result.locals)
+    if run.streams is not None:
+        run.streams.saw(result.drew)
     return run.first_error is not None and not run.collect
 
 

@@ -27,6 +27,7 @@ from ..errors import IterationTimeoutError, _short_repr
 from . import rich
 from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
 from .protocol import RESERVED, BatchResult, Payload, PayloadRef
+from .streams import for_run as _streams_for_run
 from .tracking import CapturedWatch, ItemRef, ItemTracker
 from .writeback import WritebackError, merge_into
 
@@ -67,7 +68,9 @@ def _batch_function(ref: PayloadRef) -> tuple[Payload, Any]:
         fn = glb["__pm_batch"]
         fn.__code__ = _as_cell_code(fn.__code__)
         _cache.key, _cache.payload, _cache.fn = ref.key, payload, fn
-        _cache.watch = CapturedWatch(payload.captured) if payload.track_changes else None
+        # captured generators change as they draw: the random streams take care of them
+        unwatched = {k: v for k, v in payload.captured.items() if k not in payload.streams}
+        _cache.watch = CapturedWatch(unwatched) if payload.track_changes else None
     return _cache.payload, _cache.fn
 
 
@@ -123,6 +126,8 @@ class _BatchState:
         self.slot = slot  # the batch's line on the kernel's status board
         self.items = items
         self.interrupted = False
+        self.track = track
+        self.stop_at: int | None = None  # the probe's effect index (run_batch's stop_at_effect)
         # the body calls mark(perf_counter()) per iteration: a bare list.append when it can
         self.mark = self._mark_and_arm if timeout or track else result.marks.append
         self.tracker: ItemTracker | None = None
@@ -173,6 +178,14 @@ class _BatchState:
             self.result.refs = True
             record = values
         self.result.effects.append(record)
+
+    def restart(self) -> None:
+        """Drop this attempt's results: the batch runs again from its start (random streams)."""
+        result = self.result = BatchResult(start=self.start, ran=0, pid=self.result.pid)
+        self.record = result.effects.append if self.stop_at is None else _stop_at(self.stop_at)
+        self.mark = self._mark_and_arm if self.timeout or self.track else result.marks.append
+        if self.tracker is not None:  # compare the items again, from the new start
+            self.track_items(self.tracker.items, self._single)
 
     @property
     def current(self) -> int:
@@ -260,6 +273,7 @@ def run_batch(
     state = _BatchState(result, _usable_timeout(payload.timeout), slot, track, items)
     if stop_at_effect is not None:
         state.record = _stop_at(stop_at_effect)
+        state.stop_at = stop_at_effect
     elif payload.track_changes:
         state.track_items(items, payload.effect_sites == 1)
     watch = _cache.watch if stop_at_effect is None and _cache.watch is not None else None
@@ -284,8 +298,12 @@ def run_batch(
         else None
     )
     capture = rich.begin(state, payload.rich)  # displays, figures, warnings, log records
+    streams = _streams_for_run(payload)
     try:
-        _run_items(payload, fn, state, start, items)
+        if streams is None:
+            _run_items(payload, fn, state, start, items)
+        else:  # the loop may draw random numbers: each iteration on its own stream
+            streams.run(state, len(items), lambda: _run_items(payload, fn, state, start, items))
     finally:
         if alarm is not None:
             alarm.stop()
@@ -301,6 +319,7 @@ def run_batch(
             _thread_capture.state = None
         else:
             sys.stdout, sys.stderr = old_out, old_err
+    result = state.result  # a new one when the streams ran the batch again
     if before is not None and watch.changed(before):
         if len(items) > 1:  # which iteration did it? run them again one by one, from fresh copies
             return _one_by_one(ref, start, items, slot, payload.collect)

@@ -42,6 +42,8 @@ class Payload:
     #: the kernel's warning filters, logging levels and inline-figure settings (rich.py);
     #: None: no capture of displays, warnings and log records (in-kernel and dry runs)
     rich: RichSettings | None = None
+    #: generators the iterations may draw from: id -> (kind, entropy); see worker/streams.py
+    streams: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 class PayloadRef:
@@ -146,3 +148,4 @@ class BatchResult:
     unsent_locals: list[str] = field(default_factory=list)
     item_changes: list[Any] = field(default_factory=list)  # tracking.ItemChange, in order
     refs: bool = False  # some effect value or local is a tracking.ItemRef to resolve
+    drew: list[str] = field(default_factory=list)  # generator ids the batch drew from

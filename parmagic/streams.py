@@ -1,0 +1,122 @@
+"""Random streams per iteration (SPEC §2 "Random numbers"), kernel side.
+
+When a loop starts, every generator its iterations may draw from (the ``random``
+module, ``numpy.random``'s legacy functions, a captured ``random.Random``,
+``numpy.random.RandomState`` or ``numpy.random.Generator``) is digested into an
+entropy sent in the payload; workers give iteration k the stream of (entropy, k)
+(see :mod:`parmagic.worker.streams`). After the loop, each generator the
+iterations drew from moves on to the stream of (entropy, AFTER_LOOP), so the
+next cell draws fresh numbers, the same on every run; one line says so.
+
+``--backend threads`` shares the kernel's generators between threads, so nothing
+is reseeded there; the line only says that they drew. The serial backend
+(``-n 1``) runs as the plain loop does: nothing here touches it.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from typing import Any
+
+from .worker.protocol import Payload
+from .worker.streams import (
+    AFTER_LOOP,
+    GENERATOR,
+    GLOBAL_NUMPY,
+    GLOBAL_RANDOM,
+    LEGACY,
+    RANDOM,
+    digest,
+    seed,
+    state_of,
+)
+
+NOTICE = (
+    "parmagic: iterations drew from {names}; each iteration gets its own stream derived from "
+    "the seed and its index, so the numbers differ from a plain run's (the same on every run)"
+)
+THREADS_NOTICE = (
+    "parmagic: iterations drew from {names}; with --backend threads they share the kernel's "
+    "generator, so the numbers depend on the threads' timing and differ from a plain run's"
+)
+_SHOWN = {GLOBAL_RANDOM: "random", GLOBAL_NUMPY: "np.random"}
+
+
+def kind_of(value: Any) -> str | None:
+    """The generator kind of ``value`` (see worker/streams.py), or None for anything else."""
+    if isinstance(value, random.Random):
+        return None if isinstance(value, random.SystemRandom) else RANDOM  # no state to seed
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None
+    if isinstance(value, np.random.Generator):
+        return GENERATOR
+    if isinstance(value, np.random.RandomState) and value is not np.random.mtrand._rand:
+        return LEGACY
+    return None
+
+
+def generators(captured: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """The kernel's generators a loop may draw from: id -> (kind, generator).
+
+    The global ones always (library code draws from them too: scikit-learn with
+    ``random_state=None``), NumPy's only when NumPy is imported.
+    """
+    gens: dict[str, tuple[str, Any]] = {GLOBAL_RANDOM: (RANDOM, random)}
+    np = sys.modules.get("numpy")
+    if np is not None:
+        gens[GLOBAL_NUMPY] = (LEGACY, np.random.mtrand._rand)
+    for name, value in captured.items():
+        kind = kind_of(value)
+        if kind is not None:
+            gens[name] = (kind, value)
+    return gens
+
+
+class LoopStreams:
+    """One loop's generators: their entropies going out, the draws coming back."""
+
+    def __init__(self, mode: str, gens: dict[str, tuple[str, Any]]):
+        self.mode = mode  # "off" (serial), "watch" (threads) or "streams" (other processes)
+        self.gens = gens
+        self.entropy: dict[str, int] = {}
+        self.before: dict[str, Any] = {}
+        self.drew: set[str] = set()
+
+    @classmethod
+    def start(cls, payload: Payload, backend: Any) -> LoopStreams:
+        """Note the generators as the loop starts; for workers in other processes, put
+        their entropies in ``payload.streams``."""
+        if backend.name == "serial":
+            return cls("off", {})
+        gens = generators(payload.captured)
+        if backend.in_kernel:
+            streams = cls("watch", gens)
+            streams.before = {i: state_of(kind, g) for i, (kind, g) in gens.items()}
+            return streams
+        streams = cls("streams", gens)
+        streams.entropy = {i: digest(kind, g) for i, (kind, g) in gens.items()}
+        payload.streams = {i: (gens[i][0], e) for i, e in streams.entropy.items()}
+        return streams
+
+    def saw(self, drew: list[str]) -> None:
+        """A committed batch drew from these generators."""
+        if drew:
+            self.drew.update(drew)
+
+    def finish(self) -> None:
+        """The loop ended: move the generators it drew from on, and say so in one line."""
+        if self.mode == "watch":
+            self.drew = {
+                i for i, (kind, g) in self.gens.items() if state_of(kind, g) != self.before[i]
+            }
+        if not self.drew:
+            return
+        if self.mode == "streams":
+            for i in self.drew:
+                kind, gen = self.gens[i]
+                seed(kind, gen, self.entropy[i], AFTER_LOOP)
+        names = ", ".join(sorted(_SHOWN.get(i, i) for i in self.drew))
+        text = THREADS_NOTICE if self.mode == "watch" else NOTICE
+        print(text.format(names=names), file=sys.stderr)
