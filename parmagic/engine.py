@@ -34,6 +34,7 @@ from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
 from .supervisor import Supervisor
 from .worker.batch import RoutingStream, run_batch
+from .worker.environment import capture_environment
 from .worker.protocol import RESERVED, BatchResult, Payload, PayloadRef
 
 #: Batches in flight per worker: enough to keep every worker fed while results travel.
@@ -236,8 +237,9 @@ def _payload(step: LoopStep, cell: CellRun, backend: Backend) -> Payload:
     namespace = cell.namespace
     captured = {n: namespace[n] for n in step.analysis.captured if n in namespace}
     captured[SLICE] = slice
+    key = uuid.uuid4().hex
     return Payload(
-        key=uuid.uuid4().hex,
+        key=key,
         code=marshal.dumps(step.batch_code),
         filename=cell.filename,
         source=cell.source,
@@ -246,6 +248,7 @@ def _payload(step: LoopStep, cell: CellRun, backend: Backend) -> Payload:
         timeout=cell.options.timeout,
         pickle_locals=backend.pickles_locals,
         output_per_thread=backend.output_per_thread,
+        env=None if backend.in_kernel else capture_environment(key),
     )
 
 

@@ -14,7 +14,6 @@ import io
 import linecache
 import marshal
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 
 from ..errors import IterationTimeoutError, _short_repr
 from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
+from .environment import pack_result
 from .protocol import RESERVED, BatchResult, Payload, PayloadRef
 
 
@@ -354,20 +354,9 @@ def _format_traceback(exc: BaseException, filename: str) -> str:
 
 
 def pickle_locals(result: BatchResult) -> None:
-    """Locals travel back pickled one by one; those that cannot (open files) stay behind."""
-    import cloudpickle
-
-    for name, value in list(result.locals.items()):
-        try:
-            result.locals[name] = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            del result.locals[name]
-            result.unsent_locals.append(name)
-    for i, (k, exc, tb) in enumerate(result.errors):
-        try:
-            pickle.loads(pickle.dumps(exc))
-        except Exception:
-            result.errors[i] = (k, RuntimeError(f"{type(exc).__name__}: {exc}"), tb)
+    """Locals travel back pickled one by one; those that cannot or must not (open files) stay
+    behind; effect values and exceptions travel by value (classes defined in the notebook)."""
+    pack_result(result)
 
 
 def warm_up() -> int:
