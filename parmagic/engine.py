@@ -25,6 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
+from .analysis import check_conditions, check_plan_conditions
 from .backends.base import Backend
 from .batching import Batcher
 from .errors import CollectedErrors, RemoteTraceback
@@ -125,6 +126,7 @@ def run_plan(plan: CellPlan, cell: CellRun, loop_runner: Any = None) -> Any:
     ``--compare`` wraps it with its timing runs.
     """
     __tracebackhide__ = True
+    check_plan_conditions(plan.steps, cell.namespace)  # refusals that depend on types
     _runs.clear()
     run_step = loop_runner or run_loop
     value = None
@@ -148,6 +150,7 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     """
     __tracebackhide__ = True
     options, namespace = cell.options, cell.namespace
+    check_conditions(step.analysis, namespace)
     iterable = eval(step.iterable, namespace)
     if dry and options.compare_sample:
         iterable = list(itertools.islice(iter(iterable), options.compare_sample))
