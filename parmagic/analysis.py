@@ -41,12 +41,43 @@ class EffectSite:
 
 
 @dataclass
+class TypeCondition:
+    """The loop may run only if kernel name ``name`` holds an instance of one of ``types``.
+
+    The analysis is pure (no runtime types): where a body is safe for some types
+    only, it says so here, and the engine checks before anything runs, refusing
+    with ``error`` otherwise.
+    """
+
+    name: str
+    types: tuple[str, ...]  # "module.QualName" of the classes (or their bases) allowed
+    error: RefusedLoopError
+
+    def holds(self, namespace: dict) -> bool:
+        """True when ``namespace[name]`` is an instance of one of the types (by MRO name)."""
+        if self.name not in namespace:
+            return False
+        mro = type(namespace[self.name]).__mro__
+        return any(f"{c.__module__}.{c.__qualname__}" in self.types for c in mro)
+
+
+@dataclass
 class LoopAnalysis:
     """The classification of one loop body's names."""
 
     locals: set[str] = field(default_factory=set)
     captured: set[str] = field(default_factory=set)
     effects: list[EffectSite] = field(default_factory=list)
+    #: conditions on the kernel's objects, checked by the engine before the loop runs
+    conditions: list[TypeCondition] = field(default_factory=list)
+
+
+#: Classes whose column assignment (``df[key] = value``) leaves ``df.index`` as it was.
+#: (pandas 3 names its public classes after the package: ``pandas.DataFrame``.)
+FRAME_TYPES = ("pandas.core.frame.DataFrame", "pandas.DataFrame")
+
+#: Calls that copy their argument at once: the loop then iterates over the copy.
+COPYING_CALLS = frozenset({"list", "tuple", "sorted", "set", "frozenset", "len"})
 
 
 def refuse(node: ast.AST, name: str | None, reason: str, fix: str) -> RefusedLoopError:
@@ -163,13 +194,16 @@ def analyse_loop(
     _check_forbidden_statements(body)
     local = bound_names(body) | target_names(loop.target)
     effects = _find_effects(body, local, module_names)
-    _check_effect_roots_not_read(body, effects)
+    _check_iterable_not_changed(loop, effects)
+    conditions = _check_effect_roots_not_read(body, effects)
     _check_mutators_in_expressions(body, local, module_names, effects)
     _check_read_before_assignment(body, local, target_names(loop.target))
     captured = (all_reads(body) - local) | {e.root for e in effects}
     for i, effect in enumerate(effects):
         effect.eid = i
-    return LoopAnalysis(locals=local, captured=captured - hidden_roots, effects=effects)
+    return LoopAnalysis(
+        locals=local, captured=captured - hidden_roots, effects=effects, conditions=conditions
+    )
 
 
 def _check_target(target: ast.AST) -> None:
@@ -357,22 +391,169 @@ def _path_indexes(node: ast.AST) -> list[ast.expr]:
     return list(reversed(out))
 
 
-def _check_effect_roots_not_read(body: list[ast.stmt], effects: list[EffectSite]) -> None:
+def _check_iterable_not_changed(loop: ast.For, effects: list[EffectSite]) -> None:
+    """Refuse a body that changes the object the loop iterates over (``for x in xs: xs.append(x)``).
+
+    The serial loop would see the change as it goes (more items, fewer, or a
+    RuntimeError); the kernel draws items lazily while it commits effects. A
+    copy made at once (``list(xs)``, ``sorted(d)``, ``len(xs)``) is fine when
+    the body changes only the object itself, not what its items hold.
+    """
     roots = {e.root for e in effects}
     if not roots:
         return
+    copied = _copied_name_nodes(loop.iter)
+    for node in ast.walk(loop.iter):
+        if not (isinstance(node, ast.Name) and node.id in roots):
+            continue
+        shallow = all(_changes_only_itself(e.stmt) for e in effects if e.root == node.id)
+        if id(node) in copied and shallow:
+            continue
+        raise refuse(
+            node,
+            node.id,
+            "the body changes the object the loop iterates over, which the serial loop would "
+            "see change as it goes",
+            f"loop over a copy (for ... in list({node.id}):), or collect the changes and apply "
+            "them after the loop",
+        )
+
+
+def _copied_name_nodes(expr: ast.AST) -> set[int]:
+    """Names read only as the argument of a copying call: ``list(xs)``, ``sorted(d.items())``."""
+    out = set()
+    for node in ast.walk(expr):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in COPYING_CALLS
+            and len(node.args) == 1
+            and not node.keywords
+        ):
+            continue
+        arg = node.args[0]
+        if (
+            isinstance(arg, ast.Call)
+            and isinstance(arg.func, ast.Attribute)
+            and arg.func.attr in ("keys", "values", "items")
+            and not arg.args
+        ):
+            arg = arg.func.value
+        if isinstance(arg, ast.Name):
+            out.add(id(arg))
+    return out
+
+
+def _changes_only_itself(stmt: ast.stmt) -> bool:
+    """The effect changes its root object itself (``xs.append``, ``d[k] = v``), not its items."""
+    if isinstance(stmt, ast.Expr):
+        return isinstance(stmt.value.func.value, ast.Name)
+    if isinstance(stmt, ast.AugAssign):
+        return isinstance(stmt.target, ast.Name)
+    targets = _assign_targets(stmt) or []
+    return all(
+        isinstance(t, ast.Subscript | ast.Attribute) and isinstance(t.value, ast.Name)
+        for t in targets
+    )
+
+
+def _check_effect_roots_not_read(
+    body: list[ast.stmt], effects: list[EffectSite]
+) -> list[TypeCondition]:
+    """Refuse a kernel object the body both changes and reads; return the conditions of the
+    reads that are safe for some types only (a DataFrame's new column from its index)."""
+    roots = {e.root for e in effects}
+    if not roots:
+        return []
     allowed = set()
     for e in effects:
         allowed.update(id(n) for n in _root_name_nodes(e.stmt))
-    for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+    module = ast.Module(body=body, type_ignores=[])
+    parents = {id(c): p for p in ast.walk(module) for c in ast.iter_child_nodes(p)}
+    read: dict[str, list[ast.Name]] = {}
+    for node in ast.walk(module):
         if isinstance(node, ast.Name) and node.id in roots and id(node) not in allowed:
-            raise refuse(
-                node,
-                node.id,
-                "the loop both changes and reads this kernel object, so each iteration would see "
-                "the workers' stale copy",
-                "read it after the loop, or run the loop without %%parallel",
-            )
+            read.setdefault(node.id, []).append(node)
+    conditions = []
+    for root, nodes in read.items():
+        error = refuse(
+            nodes[0],
+            root,
+            "the loop both changes and reads this kernel object, so each iteration would see "
+            "the workers' stale copy",
+            "read it after the loop, or run the loop without %%parallel",
+        )
+        if not _frame_columns_from_index(root, nodes, effects, parents):
+            raise error
+        conditions.append(TypeCondition(root, FRAME_TYPES, error))
+    return conditions
+
+
+def _frame_columns_from_index(
+    root: str, reads: list[ast.Name], effects: list[EffectSite], parents: dict[int, ast.AST]
+) -> bool:
+    """True when the body only assigns items of ``root`` (``df[key] = value``) and only reads
+    ``root.index`` (not calling it): safe for a DataFrame, whose columns are not its index."""
+    for e in effects:
+        if e.root != root:
+            continue
+        stmt = e.stmt
+        if not (
+            isinstance(stmt, ast.Assign)
+            and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Subscript)
+            and isinstance(stmt.targets[0].value, ast.Name)
+        ):
+            return False
+    for node in reads:
+        attr = parents.get(id(node))
+        if not (
+            isinstance(attr, ast.Attribute)
+            and attr.attr == "index"
+            and isinstance(attr.ctx, ast.Load)
+        ):
+            return False
+        call = parents.get(id(attr))
+        if isinstance(call, ast.Call) and call.func is attr:
+            return False
+    return True
+
+
+def check_conditions(analysis: LoopAnalysis, namespace: dict) -> None:
+    """Refuse, with the refusal the analysis deferred, a loop whose condition does not hold."""
+    for condition in analysis.conditions:
+        if not condition.holds(namespace):
+            raise condition.error
+
+
+def check_plan_conditions(steps: list, namespace: dict) -> None:
+    """Before a cell runs: check the loops' conditions on names no earlier step may rebind.
+
+    ``steps`` are a cell plan's steps (loop steps carry ``analysis``, kernel steps
+    ``code``). A name an earlier kernel step mentions is checked when its loop
+    starts instead (the engine calls :func:`check_conditions` there too).
+    """
+    mentioned: set[str] = set()
+    for step in steps:
+        analysis = getattr(step, "analysis", None)
+        if analysis is None:
+            mentioned.update(_code_names(step.code))
+            continue
+        for condition in analysis.conditions:
+            if condition.name not in mentioned and not condition.holds(namespace):
+                raise condition.error
+        mentioned.update(analysis.locals)
+
+
+def _code_names(code: object) -> set[str]:
+    names: set[str] = set()
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        names.update(getattr(c, "co_names", ()))
+        names.update(getattr(c, "co_varnames", ()))
+        stack.extend(k for k in getattr(c, "co_consts", ()) if hasattr(k, "co_names"))
+    return names
 
 
 def _root_name_nodes(stmt: ast.stmt) -> list[ast.Name]:

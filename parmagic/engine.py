@@ -25,6 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
+from .analysis import check_conditions, check_plan_conditions
 from .backends.base import Backend
 from .batching import Batcher
 from .errors import CollectedErrors, RemoteTraceback, WritebackError
@@ -37,6 +38,7 @@ from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_modul
 from .streams import LoopStreams
 from .supervisor import Supervisor
 from .worker.batch import RoutingStream, run_batch
+from .worker.environment import capture_environment
 from .worker.protocol import RESERVED, BatchResult, Payload, PayloadRef
 from .worker.tracking import ItemChange, ItemRef
 from .worker.writeback import merge_into
@@ -132,6 +134,7 @@ def run_plan(plan: CellPlan, cell: CellRun, loop_runner: Any = None) -> Any:
     ``--compare`` wraps it with its timing runs.
     """
     __tracebackhide__ = True
+    check_plan_conditions(plan.steps, cell.namespace)  # refusals that depend on types
     _runs.clear()
     run_step = loop_runner or run_loop
     value = None
@@ -155,6 +158,7 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     """
     __tracebackhide__ = True
     options, namespace = cell.options, cell.namespace
+    check_conditions(step.analysis, namespace)
     iterable = eval(step.iterable, namespace)
     if dry and options.compare_sample:
         iterable = list(itertools.islice(iter(iterable), options.compare_sample))
@@ -251,8 +255,9 @@ def _payload(step: LoopStep, cell: CellRun, backend: Backend, dry: bool = False)
     namespace = cell.namespace
     captured = {n: namespace[n] for n in step.analysis.captured if n in namespace}
     captured[SLICE] = slice
+    key = uuid.uuid4().hex
     return Payload(
-        key=uuid.uuid4().hex,
+        key=key,
         code=marshal.dumps(step.batch_code),
         filename=cell.filename,
         source=cell.source,
@@ -266,6 +271,7 @@ def _payload(step: LoopStep, cell: CellRun, backend: Backend, dry: bool = False)
         lineno=step.lineno,
         # process workers capture displays, warnings, log records under the kernel's settings
         rich=None if backend.in_kernel or dry else settings(),
+        env=None if backend.in_kernel else capture_environment(key),
     )
 
 

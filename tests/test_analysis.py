@@ -126,6 +126,33 @@ REFUSALS = [
         "d",
         "both to loop locals and to kernel objects",
     ),
+    ("append_to_iterable", "for x in xs:\n    xs.append(x)\n", 1, "xs", "loop iterates over"),
+    ("pop_from_iterable", "for k in d:\n    d.pop(k)\n", 1, "d", "loop iterates over"),
+    ("remove_from_iterable", "for row in rows:\n    rows.remove(row)\n", 1, "rows", "iterates"),
+    ("assign_into_iterable", "for k in d.keys():\n    d[k] = 0\n", 1, "d", "iterates over"),
+    ("enumerate_iterable", "for i, x in enumerate(xs):\n    xs.append(i)\n", 1, "xs", "over"),
+    ("copy_but_items_change", "for r in list(rows):\n    rows[0].append(r)\n", 1, "rows", "over"),
+    (
+        "frame_column_from_a_column",
+        "for i in range(7):\n    daily[days[i]] = daily['x'] * i\n",
+        2,
+        "daily",
+        "both changes and reads",
+    ),
+    (
+        "frame_index_called",
+        "for i in range(7):\n    daily[i] = daily.index(i)\n",
+        2,
+        "daily",
+        "both changes and reads",
+    ),
+    (
+        "frame_index_read_but_attribute_set",
+        "for i in range(7):\n    daily.x = daily.index[i]\n",
+        2,
+        "daily",
+        "both changes and reads",
+    ),
 ]
 
 
@@ -145,6 +172,67 @@ def test_refusal_names_line_name_reason_and_fix(
     assert reason in message
     assert ";" in message  # reason; what to do instead
     assert "\n" not in message
+
+
+def test_iterating_a_copy_that_the_body_changes_is_fine() -> None:
+    for src in (
+        "for x in list(xs):\n    xs.append(x)\n",
+        "for k in sorted(d):\n    d.pop(k)\n",
+        "for k, v in list(d.items()):\n    d[k + 'x'] = v\n",
+        "for i in range(len(xs)):\n    xs.append(i)\n",
+    ):
+        a = analyse_loop(loop_of(src))
+        assert a.effects and not a.conditions
+
+
+DAILY = "for i in range(7):\n    daily[days[i]] = (daily.index.day_of_week == i).astype(float)\n"
+
+
+class _Frame:
+    """Stands in for a class by its MRO names (the analysis never imports pandas)."""
+
+
+def test_new_frame_column_from_its_index_runs_only_for_a_dataframe() -> None:
+    from parmagic.analysis import check_conditions
+
+    a = analyse_loop(loop_of(DAILY))
+    assert [e.root for e in a.effects] == ["daily"]
+    assert [(c.name, c.types) for c in a.conditions] == [
+        ("daily", ("pandas.core.frame.DataFrame", "pandas.DataFrame"))
+    ]
+    with pytest.raises(RefusedLoopError, match="both changes and reads") as info:
+        check_conditions(a, {"daily": [1, 2]})
+    assert info.value.lineno == 2 and info.value.name == "daily"
+    with pytest.raises(RefusedLoopError):
+        check_conditions(a, {})
+    frame = type("DataFrame", (_Frame,), {"__module__": "pandas.core.frame"})
+    sub = type("Mine", (frame,), {})  # a subclass of DataFrame is one
+    check_conditions(a, {"daily": frame()})
+    check_conditions(a, {"daily": sub()})
+
+
+def test_frame_condition_is_checked_before_anything_runs() -> None:
+    import parmagic
+
+    ns = {"daily": [0] * 7, "days": list("abcdefg"), "ran": 0}
+    with pytest.raises(RefusedLoopError, match="'daily'"):
+        parmagic.run_cell("ran = 1\n" + DAILY, ns, backend="serial", progress=False)
+    assert ns["ran"] == 0  # the kernel statement before the loop did not run either
+
+
+def test_frame_column_from_its_index_matches_the_serial_loop() -> None:
+    pd = pytest.importorskip("pandas")
+    import parmagic
+
+    def frame() -> object:
+        return pd.DataFrame({"v": range(21)}, index=pd.date_range("2024-01-01", periods=21))
+
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    serial = {"daily": frame(), "days": days}
+    exec(DAILY, serial)
+    ns = {"daily": frame(), "days": days}
+    parmagic.run_cell(DAILY, ns, backend="threads", n_jobs=2, progress=False)
+    pd.testing.assert_frame_equal(ns["daily"], serial["daily"])
 
 
 def test_continue_is_fine_and_inner_break_is_fine() -> None:

@@ -38,7 +38,7 @@ def publish_to_file(payload: Payload) -> FileRef:
         scratch.close()
         raise unsendable_error(payload.captured, exc) from None
     _published[scratch.path] = scratch
-    return FileRef(payload.key, scratch.path)
+    return FileRef(payload.key, scratch.path, payload.env)
 
 
 def unpublish_file(ref: PayloadRef) -> None:

@@ -15,7 +15,6 @@ import io
 import linecache
 import marshal
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -26,6 +25,7 @@ from typing import Any
 from ..errors import IterationTimeoutError, _short_repr
 from . import rich
 from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
+from .environment import pack_result
 from .protocol import RESERVED, BatchResult, Payload, PayloadRef
 from .streams import for_run as _streams_for_run
 from .tracking import CapturedWatch, ItemRef, ItemTracker
@@ -513,22 +513,14 @@ def _format_traceback(exc: BaseException, filename: str) -> str:
 
 
 def pickle_locals(result: BatchResult) -> None:
-    """Locals travel back pickled one by one; those that cannot (open files) stay behind."""
-    import cloudpickle
-
-    for name, value in list(result.locals.items()):
-        if isinstance(value, ItemRef):  # stands for the kernel's own item: travels as it is
-            continue
-        try:
-            result.locals[name] = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            del result.locals[name]
-            result.unsent_locals.append(name)
-    for i, (k, exc, tb) in enumerate(result.errors):
-        try:
-            pickle.loads(pickle.dumps(exc))
-        except Exception:
-            result.errors[i] = (k, RuntimeError(f"{type(exc).__name__}: {exc}"), tb)
+    """Locals travel back pickled one by one; those that cannot or must not (open files) stay
+    behind; effect values and exceptions travel by value (classes defined in the notebook).
+    A local that stands for a loop item (tracking.ItemRef) travels as it is."""
+    refs = {k: v for k, v in result.locals.items() if isinstance(v, ItemRef)}
+    for name in refs:
+        del result.locals[name]
+    pack_result(result)
+    result.locals.update(refs)
 
 
 def warm_up() -> int:

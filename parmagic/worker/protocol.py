@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .environment import Environment, apply_environment
 from .rich import RichSettings
 
 #: Prefix of every name the rewriter introduces; never shown to the user.
@@ -44,6 +45,20 @@ class Payload:
     rich: RichSettings | None = None
     #: generators the iterations may draw from: id -> (kind, entropy); see worker/streams.py
     streams: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: the kernel's sys.path, cwd and user module versions (process backends; None in-kernel)
+    env: Environment | None = None
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # unpickling applies the environment first, then unpickles the captured values,
+        # which may name functions of the kernel's user modules (see worker/environment.py)
+        if self.env is None:
+            return super().__reduce_ex__(protocol)
+        return (_payload_in_environment, (self.env,), dict(self.__dict__))
+
+
+def _payload_in_environment(env: Environment) -> Payload:
+    apply_environment(env)
+    return Payload.__new__(Payload)
 
 
 class PayloadRef:
@@ -71,9 +86,14 @@ class InlineRef(PayloadRef):
 class FileRef(PayloadRef):
     """A payload pickled (protocol 5) to a private file; big buffers are memory-mapped, not copied."""
 
-    def __init__(self, key: str, path: str):
+    def __init__(self, key: str, path: str, env: Environment | None = None):
         self.key = key
         self.path = path
+        self.env = env
+
+    def __reduce__(self) -> Any:
+        # a task unpickles its ref before its items: the environment is applied first
+        return (_file_ref_in_environment, (self.env, self.key, self.path))
 
     def load(self) -> Payload:
         """Map the file and unpickle; NumPy arrays come back as read-only views of the map."""
@@ -96,6 +116,11 @@ class FileRef(PayloadRef):
             buffers.append(view[pos : pos + length])
             pos += length
         return pickle.loads(main, buffers=buffers)
+
+
+def _file_ref_in_environment(env: Environment | None, key: str, path: str) -> FileRef:
+    apply_environment(env)
+    return FileRef(key, path, env)
 
 
 def aligned(pos: int, length: int) -> int:
