@@ -1,0 +1,122 @@
+"""Loop items changed in a worker reach the kernel's own objects; captured changes fail loudly.
+
+SPEC §2: "Kernel objects reached through a local name" and "A captured object
+changed in a worker". Unit tests of the in-place merge, then cells through a
+real IPython shell on the process backends, plain cell against parallel cell.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import parmagic
+from parmagic.worker.writeback import WritebackError, merge_into
+
+from .shell import fresh, run, shell
+
+BACKENDS = ["loky", "multiprocessing"]
+
+
+def changed_copy(obj, change):
+    copy = pickle.loads(pickle.dumps(obj))
+    change(copy)
+    return pickle.loads(pickle.dumps(copy))
+
+
+def test_merge_keeps_the_identity_of_the_object_and_its_parts() -> None:
+    inner = [1]
+    box = {"inner": inner, "n": 0}
+    merge_into(box, changed_copy(box, lambda b: (b["inner"].append(2), b.update(n=1))))
+    assert box == {"inner": [1, 2], "n": 1} and box["inner"] is inner
+
+
+def test_merge_of_a_fitted_pipeline_fits_the_kernels_own_steps() -> None:
+    np = pytest.importorskip("numpy")
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.arange(12.0).reshape(6, 2)
+    scaler = StandardScaler()
+    pipe = make_pipeline(scaler, LinearRegression())
+    merge_into(pipe, changed_copy(pipe, lambda p: p.fit(X, X.sum(1))))
+    assert pipe.steps[0][1] is scaler and hasattr(scaler, "mean_")
+
+
+def test_an_array_that_changes_shape_cannot_be_updated_in_place() -> None:
+    np = pytest.importorskip("numpy")
+    with pytest.raises(WritebackError):
+        merge_into(np.zeros(3), np.zeros(4))
+
+
+@pytest.fixture
+def ip(capsys: pytest.CaptureFixture):
+    ip = shell()
+    fresh(
+        ip,
+        "import numpy as np, pandas as pd\n"
+        "from sklearn.linear_model import LinearRegression, Ridge\n"
+        "X = np.arange(40.0).reshape(20, 2); y = X @ [1.0, 2.0]\n",
+        capsys,
+    )
+    return ip
+
+
+def magic(backend: str) -> str:
+    return f"%%parallel -n 2 --no-progress --backend {backend}\n"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_estimators_fitted_in_the_loop_are_the_kernels_own(ip, capsys, backend: str) -> None:
+    run(ip, "estimators = [LinearRegression(), Ridge()]", capsys)
+    cell = "fitted = []\nfor est in estimators:\n    est.fit(X, y)\n    fitted.append(est)\n"
+    result, _, _ = run(ip, magic(backend) + cell, capsys)
+    assert result.error_in_exec is None
+    ns = ip.user_ns
+    assert all(hasattr(e, "coef_") for e in ns["estimators"])  # fitted in the kernel
+    assert ns["est"] is ns["estimators"][-1]  # the loop target is the kernel's last item
+    assert ns["fitted"][0] is ns["estimators"][0]  # an effect value that is the item
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frames_and_dicts_edited_through_the_loop_variable(ip, capsys, backend: str) -> None:
+    run(ip, "train = pd.DataFrame({'x': [1, 2]}); test = pd.DataFrame({'x': [3]})", capsys)
+    run(ip, "ds = [{}, {}]; alias = ds[0]", capsys)
+    cell = 'for df in (train, test):\n    df["x2"] = df["x"] ** 2\nfor d in ds:\n    d["t"] = 1\n'
+    result, _, _ = run(ip, magic(backend) + cell, capsys)
+    assert result.error_in_exec is None
+    ns = ip.user_ns
+    assert ns["train"]["x2"].tolist() == [1, 4] and ns["test"]["x2"].tolist() == [9]
+    assert ns["df"] is ns["test"]
+    assert ns["ds"] == [{"t": 1}, {"t": 1}] and ns["alias"] is ns["ds"][0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_captured_iterator_advanced_in_a_worker_fails_loudly(ip, capsys, backend: str) -> None:
+    run(ip, "it = iter(range(100))", capsys)
+    cell = "out = []\nfor i in range(6):\n    out.append(next(it))\n"
+    result, _, _ = run(ip, magic(backend) + cell, capsys)
+    error = result.error_in_exec
+    assert isinstance(error, parmagic.CapturedChangeError)
+    assert "'it'" in str(error) and "range_iterator" in str(error) and "line 3" in str(error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_function_changing_a_global_fails_the_iteration(ip, capsys, backend: str) -> None:
+    run(ip, "memo = {}\ndef f(x):\n    memo[x] = x * x\n    return x\n", capsys)
+    cell = "out = []\nfor i in range(4):\n    out.append(f(i))\n"
+    result, _, _ = run(ip, magic(backend) + cell, capsys)
+    error = result.error_in_exec
+    assert isinstance(error, parmagic.CapturedChangeError)
+    assert "global 'memo'" in str(error) and "f()" in str(error)
+    assert ip.user_ns["memo"] == {}  # never a silent half-change
+
+
+def test_the_same_object_changed_by_two_iterations_is_refused(ip, capsys) -> None:
+    run(ip, "a = {'n': 0}", capsys)
+    cell = "for d in [a, a]:\n    d['n'] += 1\n"
+    result, _, _ = run(ip, "%%parallel -n 2 --no-progress --chunksize 1\n" + cell, capsys)
+    assert isinstance(result.error_in_exec, parmagic.WritebackError)
+    assert ip.user_ns["a"] == {"n": 1}  # the first iteration's change, as the plain loop had it
