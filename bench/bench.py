@@ -15,6 +15,9 @@ repeats, the ratios parmagic / each anchor, each bar of the benchmark issue
 with PASS/FAIL, and whether every result equals the serial loop's. On a shared
 machine a full run waits for quiet and reruns calls that other processes
 disturbed (--quiet-load). Progress notes go to stderr, the report to stdout.
+Besides the synthetic workloads (synthetic.py) it runs real-notebook ones
+(realnb.py: scikit-learn, pandas). This file is the command line only; the tools
+are in runners.py, the timing in harness.py, the report in report.py.
 See bench/README.md.
 """
 
@@ -62,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="run --scale even with < 16 cores")
     ap.add_argument("--repeats", type=int, default=None, help="repeats (default 5, 1 with --quick)")
     ap.add_argument("-n", "--n-jobs", type=int, default=2, help="workers (default 2; seed uses 4)")
-    ap.add_argument("--only", default="", help="comma-separated workloads to run")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated workloads to run: seed, tiny, cpu, bigarg, progress, cold, "
+        "nb (every real-notebook one) or nb-estimators, nb-gmm, nb-kmeans, nb-pandas, nb-cold",
+    )
     ap.add_argument("--results", default="", help="also write the markdown report to this file")
     ap.add_argument("--json", default="", help="write the raw timings to this file")
     ap.add_argument(
