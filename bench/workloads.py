@@ -9,6 +9,7 @@ Nothing heavy is imported here: workers import this module.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 
 def inc(x):
@@ -55,3 +56,54 @@ def slice_sum(arr, i, parts=40):
 def slice_sum_shared(arr, i):
     """``slice_sum`` with mpire's argument order (shared objects first)."""
     return slice_sum(arr, i)
+
+
+# Real-notebook iterations (scikit-learn, pandas). They import inside, so that a worker
+# that never runs them never pays for the import.
+
+
+def fit_one(est, X, y=None):
+    """``est.fit(X, y)``, returning the fitted estimator (the anchors' form of the fit loop)."""
+    return est.fit(X, y)
+
+
+def fitted_score(est, X, y) -> tuple[str, Any]:
+    """What the benchmark compares of a fitted estimator: its class and training score.
+
+    Estimators compare by identity, so the fit loop's results are compared through
+    this; an estimator the loop left unfitted reads ``"not fitted"``.
+    """
+    from sklearn.exceptions import NotFittedError
+
+    try:
+        return type(est).__name__, float(est.score(X, y))
+    except NotFittedError:
+        return type(est).__name__, "not fitted"
+
+
+def gmm_bic(X, k: int) -> float:
+    """``GaussianMixture(n_components=k).fit(X).bic(X)`` (fixed seed, so every run agrees)."""
+    from sklearn.mixture import GaussianMixture
+
+    return float(GaussianMixture(n_components=k, random_state=0).fit(X).bic(X))
+
+
+def kmeans_inertia(pixels, k: int, n_init: int = 4) -> float:
+    """Colour quantisation: ``KMeans(n_clusters=k).fit(pixels).inertia_`` (fixed seed)."""
+    from sklearn.cluster import KMeans
+
+    return float(KMeans(n_clusters=k, n_init=n_init, random_state=0).fit(pixels).inertia_)
+
+
+def _mean_abs_dev(a) -> float:
+    return float(abs(a - a.mean()).mean())
+
+
+def group_stat(sub) -> float:
+    """A per-group computation on a DataFrame slice: a rolling custom statistic and a quantile.
+
+    ``rolling().apply`` with a Python function is the slow, GIL-holding part, as in
+    many notebooks.
+    """
+    rolled = sub["x"].rolling(20).apply(_mean_abs_dev, raw=True)
+    return float(rolled.mean()) + float(sub.groupby("h")["y"].quantile(0.9).sum())
