@@ -406,7 +406,10 @@ def _check_iterable_not_changed(loop: ast.For, effects: list[EffectSite]) -> Non
     for node in ast.walk(loop.iter):
         if not (isinstance(node, ast.Name) and node.id in roots):
             continue
-        shallow = all(_changes_only_itself(e.stmt) for e in effects if e.root == node.id)
+        own = [e.stmt for e in effects if e.root == node.id]
+        if all(_item_assignment(stmt) for stmt in own):
+            continue  # xs[i] = v, df.loc[i, "c"] = v: the items change, not what is iterated
+        shallow = all(_changes_only_itself(stmt) for stmt in own)
         if id(node) in copied and shallow:
             continue
         raise refuse(
@@ -417,6 +420,21 @@ def _check_iterable_not_changed(loop: ast.For, effects: list[EffectSite]) -> Non
             f"loop over a copy (for ... in list({node.id}):), or collect the changes and apply "
             "them after the loop",
         )
+
+
+def _item_assignment(stmt: ast.stmt) -> bool:
+    """``x[k] = v`` or ``x[k] += v``, also through ``.loc``/``.iloc``/``.at``/``.iat``: the
+    iteration over ``x`` (its positions, a frame's rows) goes on as in the plain loop."""
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+    for target in targets:
+        if not isinstance(target, ast.Subscript):
+            return False
+        base = target.value
+        if isinstance(base, ast.Attribute) and base.attr in ("loc", "iloc", "at", "iat"):
+            base = base.value
+        if not isinstance(base, ast.Name):
+            return False
+    return isinstance(stmt, ast.Assign | ast.AugAssign)
 
 
 def _copied_name_nodes(expr: ast.AST) -> set[int]:

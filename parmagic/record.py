@@ -132,15 +132,6 @@ class RunRecord:
             f"{workers} ({self.backend}), {self.wall:.2f}s)"
         )
 
-    def summary(self, compact: bool = False) -> Any:
-        """The run's timing summary (a ``parmagic.summary.Summary``): the full one by default.
-
-        ``%pmap`` runs and short loops show a one-line summary; this gives the whole of it.
-        """
-        from .summary import Summary
-
-        return Summary(self, compact=compact)
-
     def add_task(self, task: TaskRecord) -> None:
         """Count a committed batch."""
         self.tasks.append(task)

@@ -312,7 +312,7 @@ class Summary:
     """The timing summary of a finished run (``text/plain`` + ``text/html``).
 
     ``compact`` gives one line (what ``%pmap`` runs and short loops show); the full
-    summary of the last run stays at hand: ``parmagic.last_run().summary()``.
+    summary of the last run stays at hand: ``parmagic.summary.Summary(parmagic.last_run())``.
     """
 
     def __init__(self, record: RunRecord, compact: bool = False) -> None:
@@ -395,7 +395,7 @@ class Summary:
             line = self.line().rsplit(" · ", 1)[0]
             return (
                 '<div class="parmagic-summary parmagic-compact" '
-                f'title="parmagic.last_run().summary() shows the full summary">'
+                f'title="Summary(parmagic.last_run()) shows the full summary">'
                 f"{html.escape(line)} {badge}</div>"
             )
         rows = [(k, html.escape(v)) for k, v in self.rows()]

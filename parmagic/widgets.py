@@ -74,7 +74,7 @@ def _kernel_display(
     obj: Any, raw: bool = False, display_id: str | None = None, update: bool = False
 ) -> None:
     """Show a bundle (``raw``) or one of parmagic's renderables in the kernel (``display.publish``)."""
-    from .display import publish
+    from .kernel_output import publish
 
     publish(obj if raw else obj._repr_mimebundle_(), display_id=display_id, update=update)
 

@@ -129,7 +129,6 @@ REFUSALS = [
     ("append_to_iterable", "for x in xs:\n    xs.append(x)\n", 1, "xs", "loop iterates over"),
     ("pop_from_iterable", "for k in d:\n    d.pop(k)\n", 1, "d", "loop iterates over"),
     ("remove_from_iterable", "for row in rows:\n    rows.remove(row)\n", 1, "rows", "iterates"),
-    ("assign_into_iterable", "for k in d.keys():\n    d[k] = 0\n", 1, "d", "iterates over"),
     ("enumerate_iterable", "for i, x in enumerate(xs):\n    xs.append(i)\n", 1, "xs", "over"),
     ("copy_but_items_change", "for r in list(rows):\n    rows[0].append(r)\n", 1, "rows", "over"),
     (

@@ -282,12 +282,12 @@ def test_short_loops_and_pmap_get_one_line():
     )
     html_text = summary.html()
     assert "parmagic-compact" in html_text and "<svg" not in html_text
-    assert "last_run().summary()" in html_text
+    assert "Summary(parmagic.last_run())" in html_text
 
 
 def test_full_summary_on_request():
     record = short_record()
-    full = record.summary()
+    full = Summary(record)
     assert isinstance(full, Summary) and not full.compact
     assert "per worker" in full.text()
 

@@ -146,7 +146,10 @@ def test_short_run_shows_its_static_final_bar_and_a_one_line_summary(kc):
     (summary,) = summaries(cell)
     assert "parmagic-compact" in summary["text/html"] and "\n" not in summary["text/plain"]
     assert summary["text/plain"].startswith("for i in range(6): 6/6 done in ")
-    full = execute(kc, "import parmagic\nprint(parmagic.last_run().summary())")
+    full = execute(
+        kc,
+        "import parmagic\nfrom parmagic.summary import Summary\nprint(Summary(parmagic.last_run()))",
+    )
     assert "per worker:" in full.stream() and "speedup" in full.stream()
     short = execute(kc, "print(parmagic.last_run())")
     assert re.fullmatch(
