@@ -54,16 +54,7 @@ FEATURE_EXAMPLES = 40
 #: Generated constructs beyond the original grammar (SPEC §2, issue 11).
 FEATURES = ("mutate_target", "random", "display", "warn")
 #: Features whose SPEC promise is broken today -> what differs (each a strict xfail test).
-FAILING: dict[str, str] = {
-    "mutate_target": "§2 kernel objects reached through a local name: on loky, row.append(..) / "
-    "rec['v'] = .. change the worker's copy; rows and recs keep their items unchanged",
-    "random": "§2 random numbers: on loky a second run after random.seed(0) draws other numbers "
-    "(each worker's own random state)",
-    "display": "§2 rich output: on loky display(a, b) in a worker prints 'a b' on one stdout "
-    "line; the plain cell shows each object as its own output",
-    "warn": "§2 kernel settings: a warning the kernel ignores (filterwarnings 'ignore', "
-    "message='hush') is shown, once per worker",
-}
+FAILING: dict[str, str] = {}  # every feature holds since the third landing
 
 SETUP = """\
 class Box:
