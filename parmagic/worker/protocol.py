@@ -32,6 +32,9 @@ class Payload:
     #: prints are captured per thread (several batches share the process: threads, dask),
     #: rather than by replacing the process's sys.stdout (a process worker runs one batch)
     output_per_thread: bool = False
+    #: the thread budget workers apply at each batch start (worker.budget.ThreadBudget);
+    #: None for in-kernel backends
+    threads: Any = None
 
 
 class PayloadRef:
