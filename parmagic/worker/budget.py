@@ -31,7 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Variables the worker sets when the kernel has none of them (joblib's list).
-BLAS_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+BLAS_VARS = (
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 OMP_VAR = "OMP_NUM_THREADS"
 OTHER_VARS = ("NUMEXPR_NUM_THREADS",)
 ALL_VARS = (OMP_VAR, *BLAS_VARS, *OTHER_VARS)
@@ -202,4 +207,3 @@ def in_force() -> dict[str, Any]:
         return {"libraries": threadpool_info()}
     except Exception as exc:
         return {"error": str(exc)}
-
