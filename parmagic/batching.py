@@ -49,6 +49,10 @@ class Batcher:
 PER_ITEM_SECONDS = 2e-6
 #: Cost of one batch round trip to a warm worker (submit, result, commit bookkeeping).
 PER_BATCH_SECONDS = 3e-4
+#: Move the rest to the kernel only when that saves at least this much: a short loop stays
+#: on the workers (where a crash or a stuck C call cannot take the kernel down) for a
+#: saving nobody would notice.
+MIN_SAVING_SECONDS = 0.01
 #: An iteration this slow gains from workers whatever warm-up it paid: decide at once.
 EARLY_DECISION_SECONDS = 1e-3
 
@@ -61,7 +65,8 @@ class AutoSerial:
     has no other: it pays for warm-up) it compares the rest of the loop run in the
     kernel (``remaining x cost``) with the rest run on workers (``remaining x cost /
     workers`` plus per-item and per-batch overhead plus the end's imbalance), and
-    decides once: ``switch`` is True when the kernel is not slower. A loop shown to
+    decides once: ``switch`` is True when the kernel saves at least ``MIN_SAVING_SECONDS``
+    (a loop without ``len()`` stays on the workers). A loop shown to
     gain is decided at once, without waiting for the whole wave.
     """
 
@@ -106,8 +111,10 @@ class AutoSerial:
         """Decide once, after a commit: now if workers clearly gain, else when the wave is in."""
         if self.decided:
             return
-        if remaining == 0:
-            self.decided = True  # nothing left to move
+        if remaining == 0 or remaining is None:
+            # nothing left to move; or no len(): the saving cannot be bounded, so the
+            # loop stays where a crash cannot reach the kernel
+            self.decided = True
             return
         found = self.estimate(remaining)
         if found is None:
@@ -116,16 +123,14 @@ class AutoSerial:
         # a worker's first iteration pays for warm-up: too cold to decide on alone, unless
         # it is clearly heavy
         warm = any(len(costs) > 1 for costs in self.costs.values())
-        early = kernel > workers and (warm or (self.cost() or 0.0) >= EARLY_DECISION_SECONDS)
+        early = kernel + MIN_SAVING_SECONDS > workers and (
+            warm or (self.cost() or 0.0) >= EARLY_DECISION_SECONDS
+        )
         if early or wave_done or committed_batches >= self.probe:
             self.decided = True
-            self.switch = kernel <= workers
+            self.switch = kernel + MIN_SAVING_SECONDS <= workers
             if self.switch:
-                what = (
-                    f"{remaining} remaining iterations"
-                    if remaining is not None
-                    else "per iteration"
-                )
+                what = f"{remaining} remaining iterations"
                 self.note = (
                     f"{self.cost() * 1e6:.1f} us per iteration: about {kernel * 1e3:.2f} ms in the "
                     f"kernel vs {workers * 1e3:.2f} ms on {self.n_workers} workers ({what})"

