@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from .analysis import check_conditions, check_plan_conditions
 from .backends.base import Backend
-from .batching import Batcher
+from .batching import AutoSerial, Batcher
 from .errors import CollectedErrors, RemoteTraceback, WritebackError
 from .listener import PlainListener, RunListener
 from .options import Options
@@ -298,6 +298,9 @@ class Flight:
         self.next_start = 0
         self.submitted = 0
         self.exhausted = False
+        #: batches to take from the iterable at most (auto-serial's probe wave); None: all
+        self.batch_cap: int | None = None
+        self.taken = 0
 
     def fill(self) -> None:
         """Submit batches until every worker has its share in flight or nothing is left."""
@@ -305,10 +308,13 @@ class Flight:
             if self.retry:
                 start, chunk = self.retry.pop(0)
             else:
+                if self.batch_cap is not None and self.taken >= self.batch_cap:
+                    return
                 chunk = list(itertools.islice(self.items, self.batcher.next_size()))
                 if not chunk:
                     self.exhausted = True
                     return
+                self.taken += 1
                 start, self.submitted = self.submitted, self.submitted + len(chunk)
             future = self.supervisor.submit(run_batch, self.ref, start, chunk)
             self.in_flight[future] = (start, chunk)
@@ -363,26 +369,14 @@ def _drive(run: LoopRun, items: Iterator, supervisor: Supervisor) -> None:
     __tracebackhide__ = True
     batcher = Batcher(run.record.total, run.backend.n_workers, run.cell.options.chunksize)
     flight = Flight(items, batcher, supervisor, run.ref)
-    stop = False
+    judge = _auto_serial(run, flight)
     try:
-        while True:
-            flight.fill()
-            if not flight.in_flight:
-                break
-            flight.wait(POLL_SECONDS)
-            while not stop and (ready := flight.next_ready()) is not None:
-                result, chunk = ready
-                if _stopped_by_sigint(result):
-                    raise KeyboardInterrupt  # a worker got the stop button first
-                batcher.observe(result)
-                stop = _commit(run, result, chunk)
-                flight.committed(len(chunk))
-            if stop:
-                _cancel_rest(run, flight)
-                break
-            run.listener.on_progress(run.record, flight.busy)
+        if _pump(run, flight, batcher, judge):
+            flight = _to_kernel(run, flight, batcher, judge.note)
+            with _routed_output(not supervisor.backend.in_kernel):
+                _pump(run, flight, batcher, None)
     except KeyboardInterrupt:
-        _interrupted(run, flight, supervisor)
+        _interrupted(run, flight, flight.supervisor)
         raise
     except Exception:
         # an effect failed in the kernel (say a KeyError in `d[k] += 1`), as it would
@@ -391,6 +385,80 @@ def _drive(run: LoopRun, items: Iterator, supervisor: Supervisor) -> None:
         run.record.outcome = ERROR
         raise
     run.record.outcome = ERROR if (run.first_error or run.failures) else SUCCESS
+
+
+def _pump(run: LoopRun, flight: Flight, batcher: Batcher, judge: AutoSerial | None) -> bool:
+    """Submit, settle and commit in order until the loop ends; True when ``judge`` says the
+    rest runs in the kernel (everything submitted so far is committed by then)."""
+    __tracebackhide__ = True
+    stop = False
+    committed = 0
+    while True:
+        flight.fill()
+        if not flight.in_flight:
+            break
+        flight.wait(POLL_SECONDS)
+        while not stop and (ready := flight.next_ready()) is not None:
+            result, chunk = ready
+            if _stopped_by_sigint(result):
+                raise KeyboardInterrupt  # a worker got the stop button first
+            batcher.observe(result)
+            stop = _commit(run, result, chunk)
+            flight.committed(len(chunk))
+            if judge is not None and not judge.decided:
+                committed += 1
+                judge.observe(result)
+                total = run.record.total
+                remaining = None if total is None else total - flight.submitted
+                if flight.exhausted:
+                    remaining = 0
+                judge.judge(committed, remaining, flight.exhausted)
+                if judge.decided:  # workers keep the loop (no cap), or the wave drains first
+                    flight.batch_cap = flight.taken if judge.switch else None
+        if stop:
+            _cancel_rest(run, flight)
+            return False
+        run.listener.on_progress(run.record, flight.busy)
+    return judge is not None and judge.switch and not flight.exhausted
+
+
+def _auto_serial(run: LoopRun, flight: Flight) -> AutoSerial | None:
+    """The judge of ``auto_serial`` for this run, or None where it does not apply."""
+    backend = run.backend
+    if not getattr(run.cell.options, "auto_serial", True):
+        return None
+    if backend.name in ("serial", "dask") or isinstance(run.listener, _SilentListener):
+        return None  # already in the kernel; a cluster the user chose; --compare's timing
+    judge = AutoSerial(run.record.total, backend.n_workers, flight.max_in_flight)
+    flight.batch_cap = flight.max_in_flight  # the probe wave
+    return judge
+
+
+def _to_kernel(run: LoopRun, flight: Flight, batcher: Batcher, note: str) -> Flight:
+    """Every worker batch is committed: run the rest in the kernel, as ``-n 1`` would.
+
+    The workers' locals (pickled) become plain values first; the payload for the
+    workers is released and the kernel's own one (captured values as they are) used.
+    """
+    from .backends.local import SerialBackend
+
+    serial = SerialBackend()
+    ref = serial.publish(_payload(run.step, run.cell, serial))
+    if run.backend.pickles_locals and run.final_locals:
+        import cloudpickle
+
+        run.final_locals = {
+            k: v if isinstance(v, _KernelObject) else cloudpickle.loads(v)
+            for k, v in run.final_locals.items()
+        }
+    run.backend.unpublish(run.ref)
+    run.backend, run.ref = serial, ref
+    kernel = Flight(flight.items, batcher, Supervisor(serial, run.cell.options.timeout, 1), ref)
+    kernel.next_start, kernel.submitted = flight.next_start, flight.submitted
+    kernel.retry = flight.retry
+    run.record.ran_in_kernel_from = flight.next_start
+    run.record.auto_serial_note = note
+    return kernel
 
 
 def _stopped_by_sigint(result: BatchResult) -> bool:

@@ -316,6 +316,8 @@ def format_status(info: dict[str, Any]) -> str:
     for pid, mb in info["memory_mb"].items():
         lines.append(f"  worker {pid}: {mb} MB")
     lines.append(f"iterations run: {info['iterations_run']}")
+    if info.get("thread_budget"):
+        lines.append(f"thread budget: {info['thread_budget']}")
     if info["thread_pool"]:
         lines.append(f"thread pool: {info['thread_pool']} threads")
     for key, facts in info["other"].items():
@@ -331,6 +333,16 @@ def load(ipython: Any) -> None:
     options = defaults()
     if options.backend == "loky" and options.n_workers > 1:
         pool.start_in_background(options.n_workers)
+    # idle workers import what the kernel imported (parmagic.preimport): now, and after
+    # each cell; registered once even if the extension is loaded again
+    from . import preimport
+
+    events = getattr(ipython, "events", None)
+    if events is not None:
+        hooks = events.callbacks.get("post_run_cell", [])
+        if preimport.post_run_cell not in hooks:
+            events.register("post_run_cell", preimport.post_run_cell)
+    preimport.schedule()
 
 
 def _import_display() -> None:

@@ -16,6 +16,7 @@ from .backends.base import Backend
 from .backends.local import SerialBackend, ThreadBackend
 from .backends.loky import LokyBackend, executor_pids, get_executor, kill_executor
 from .options import Options
+from .worker import budget
 from .worker.batch import warm_up
 
 _lock = threading.Lock()
@@ -93,7 +94,18 @@ def status() -> dict[str, Any]:
     info["memory_mb"] = {pid: _rss_mb(pid) for pid in pids}
     info["thread_pool"] = _threads._max_workers if _threads is not None else 0
     info["other"] = {key: _describe(backend) for key, backend in sorted(_extra.items())}
+    # the BLAS/OpenMP threads each loky worker may run (worker.budget); None without a pool
+    info["thread_budget"] = _budget_line(len(pids))
     return info
+
+
+def _budget_line(n_workers: int) -> str | None:
+    if not n_workers:
+        return None
+    try:
+        return budget.for_workers(n_workers).describe()
+    except Exception as exc:  # must not break %parmagic status
+        return f"unknown ({exc})"
 
 
 def _describe(backend: Backend) -> dict[str, Any]:

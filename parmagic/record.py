@@ -121,6 +121,10 @@ class RunRecord:
     failed: int = 0  # iterations that raised, timed out or lost their worker
     task_time: float = 0.0  # summed duration of all iterations that ran
     _iterations: list[IterationRecord] | None = field(default=None, repr=False)
+    #: auto_serial: the first iteration that ran in the kernel (the loop was too cheap to
+    #: gain from workers), and the numbers behind that choice; None / "" when it did not
+    ran_in_kernel_from: int | None = None
+    auto_serial_note: str = ""
 
     def __repr__(self) -> str:
         """``RunRecord('for i in range(10):', success, 10/10 done, 2 workers (loky), 1.23s)``."""

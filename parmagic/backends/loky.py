@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Future
 from typing import Any
 
-from ..worker import batch
+from ..worker import batch, budget
 from ..worker.protocol import Payload, PayloadRef
 from . import _loky_compat as compat
 from .base import Backend
@@ -40,6 +40,7 @@ class LokyBackend(Backend):
 
     def publish(self, payload: Payload) -> PayloadRef:
         """Payload to scratch memory; tasks carry only its path."""
+        payload.threads = budget.for_workers(self.n_workers)
         return publish_to_file(payload)
 
     def unpublish(self, ref: PayloadRef) -> None:
@@ -110,7 +111,7 @@ def get_executor(n_workers: int) -> Any:
         n_workers,
         timeout=IDLE_TIMEOUT,
         initializer=batch.init_process,
-        initargs=(os.getpid(),),
+        initargs=(os.getpid(), budget.for_workers(n_workers)),
     )
 
 

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..worker import batch
+from ..worker import batch, budget
 from ..worker.protocol import Payload, PayloadRef
 from .base import Backend, WorkersLost
 from .publish import publish_to_file, unpublish_file
@@ -45,7 +45,7 @@ START_METHOD = "spawn"
 # -- worker side ----------------------------------------------------------------------------
 
 
-def _init_worker() -> None:
+def _init_worker(threads: budget.ThreadBudget | None = None) -> None:
     """Pool initializer: leave SIGINT to the kernel, and exit when the kernel is gone.
 
     The stop button sends SIGINT to the kernel's whole process group, workers
@@ -55,6 +55,7 @@ def _init_worker() -> None:
     when the kernel dies, even by SIGKILL, and the worker then exits.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    budget.apply(threads)  # the thread budget, before anything imports numpy
     parent = multiprocessing.parent_process()
     if parent is None:  # not started by multiprocessing: nothing to watch
         return
@@ -91,7 +92,10 @@ class MultiprocessingBackend(Backend):
             if self._executor is None:
                 context = multiprocessing.get_context(START_METHOD)
                 executor = ProcessPoolExecutor(
-                    self.n_workers, mp_context=context, initializer=_init_worker
+                    self.n_workers,
+                    mp_context=context,
+                    initializer=_init_worker,
+                    initargs=(budget.for_workers(self.n_workers),),
                 )
                 # The executor starts workers on demand, one per submit that finds
                 # none idle: n no-op tasks start all n now, without waiting for them.
@@ -128,6 +132,7 @@ class MultiprocessingBackend(Backend):
 
     def publish(self, payload: Payload) -> PayloadRef:
         """Write the payload to a private file once; every task carries only its path."""
+        payload.threads = budget.for_workers(self.n_workers)
         return publish_to_file(payload)
 
     def unpublish(self, ref: PayloadRef) -> None:

@@ -23,7 +23,7 @@ import traceback
 from typing import Any
 
 from ..errors import IterationTimeoutError, _short_repr
-from . import rich
+from . import budget, rich
 from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
 from .environment import pack_result
 from .protocol import RESERVED, BatchResult, Payload, PayloadRef
@@ -268,6 +268,7 @@ def run_batch(
             return BatchResult(start=start, ran=0, pid=os.getpid())
         slot.write(start, start, LOADING)
     payload, fn = _batch_function(ref)
+    budget.apply(payload.threads)  # cheap unless modules were imported since the last batch
     result = BatchResult(start=start, ran=0, pid=os.getpid())
     track = slot is not None and (slot.tracked or bool(payload.timeout))
     state = _BatchState(result, _usable_timeout(payload.timeout), slot, track, items)
@@ -528,8 +529,9 @@ def warm_up() -> int:
     return os.getpid()
 
 
-def init_process(kernel_pid: int) -> None:
-    """Initializer of every pool worker: die with the kernel, leave SIGINT to the batch.
+def init_process(kernel_pid: int, threads: budget.ThreadBudget | None = None) -> None:
+    """Initializer of every pool worker: die with the kernel, leave SIGINT to the batch,
+    keep to the thread budget (``threads``, see :mod:`.budget`).
 
     ``PR_SET_PDEATHSIG`` makes Linux SIGKILL the worker when the kernel dies, even by
     SIGKILL (loky's workers would otherwise wait for tasks forever). SIGINT, which the
@@ -537,6 +539,7 @@ def init_process(kernel_pid: int) -> None:
     only a running batch stops for it (``run_batch``), and an idle worker survives.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    budget.apply(threads)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
