@@ -28,7 +28,7 @@ from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
 from .environment import pack_result
 from .protocol import RESERVED, BatchResult, Payload, PayloadRef
 from .streams import for_run as _streams_for_run
-from .tracking import CapturedWatch, ItemRef, ItemTracker
+from .tracking import CapturedWatch, ItemRef, ItemTracker, is_atomic
 from .writeback import WritebackError, merge_into
 
 
@@ -275,8 +275,8 @@ def run_batch(
     if stop_at_effect is not None:
         state.record = _stop_at(stop_at_effect)
         state.stop_at = stop_at_effect
-    elif payload.track_changes:
-        state.track_items(items, payload.effect_sites == 1)
+    elif payload.track_changes and not all(is_atomic(item) for item in items):
+        state.track_items(items, payload.effect_sites == 1)  # ints, strings: nothing to track
     watch = _cache.watch if stop_at_effect is None and _cache.watch is not None else None
     before = watch.snapshot() if watch is not None and watch.watched else None
     if slot is not None and not track:
