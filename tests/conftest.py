@@ -32,6 +32,13 @@ LINGER_SECONDS = 8.0
 #: Scratch entries that tell of a leak when they outlive a test.
 SCRATCH_NAMES = re.compile(r"parmagic|loky|joblib|pymp-|psm_|^sem\.|^mp-")
 
+#: Where the lock types of live pools come from (joblib's vendored loky: scikit-learn's pools).
+SEMAPHORE_MODULES = (
+    "multiprocessing.synchronize",
+    "loky.backend.synchronize",
+    "joblib.externals.loky.backend.synchronize",
+)
+
 os.environ[SESSION_MARK] = str(os.getpid())
 _MARK = f"{SESSION_MARK}={os.getpid()}".encode()
 
@@ -172,7 +179,7 @@ def live_semaphores() -> set[str]:
     gc.collect()  # let the finalizers of dropped pools unlink theirs
     names = set()
     for obj in gc.get_objects():
-        if type(obj).__module__ in ("multiprocessing.synchronize", "loky.backend.synchronize"):
+        if type(obj).__module__ in SEMAPHORE_MODULES:
             name = getattr(obj, "name", None) or getattr(
                 getattr(obj, "_semlock", None), "name", None
             )

@@ -35,8 +35,21 @@ def reusable_executor(n_workers: int, **kwargs: Any) -> Any:
             if executor._max_workers != n_workers:  # private: the size loky resizes to
                 executor._resize(n_workers)  # private: what get_reusable_executor calls
             return executor
-        _executor = get_reusable_executor(max_workers=n_workers, **kwargs)
+        _executor = get_reusable_executor(max_workers=n_workers, context=_own_context(), **kwargs)
         return _executor
+
+
+def _own_context() -> Any:
+    """This loky's own start context, never joblib's vendored copy.
+
+    loky finds its context by name in multiprocessing's registry, where joblib's
+    vendored loky registers the same name on import: once the kernel imported
+    scikit-learn, "loky" meant joblib's older copy, so our pool's workers and locks
+    came from another loky version than its executor.
+    """
+    from loky.backend.context import LokyContext
+
+    return LokyContext()
 
 
 def current_executor() -> Any:
