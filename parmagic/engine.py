@@ -425,10 +425,10 @@ def _pump(run: LoopRun, flight: Flight, batcher: Batcher, judge: AutoSerial | No
 def _auto_serial(run: LoopRun, flight: Flight) -> AutoSerial | None:
     """The judge of ``auto_serial`` for this run, or None where it does not apply."""
     backend = run.backend
-    if not getattr(run.cell.options, "auto_serial", True):
+    if not run.cell.options.auto_serial or not backend.may_finish_in_kernel:
         return None
-    if backend.name in ("serial", "dask") or isinstance(run.listener, _SilentListener):
-        return None  # already in the kernel; a cluster the user chose; --compare's timing
+    if isinstance(run.listener, _SilentListener):
+        return None  # --compare's timing runs
     judge = AutoSerial(run.record.total, backend.n_workers, flight.max_in_flight)
     flight.batch_cap = flight.max_in_flight  # the probe wave
     return judge

@@ -88,7 +88,7 @@ class LoopStreams:
     def start(cls, payload: Payload, backend: Any) -> LoopStreams:
         """Note the generators as the loop starts; for workers in other processes, put
         their entropies in ``payload.streams``."""
-        if backend.name == "serial":
+        if backend.runs_in_order:
             return cls("off", {})
         gens = generators(payload.captured)
         if backend.in_kernel:
