@@ -10,7 +10,7 @@ import pytest
 from .shell import fresh, run, shell
 
 PROCESS_BACKENDS = ["loky", "multiprocessing"]
-NOTICE = "parmagic: iterations drew from"
+NOTICE = "parmagic: iterations drew random numbers from"
 
 GLOBAL_NUMPY = """np.random.seed(42)
 xs = []

@@ -61,8 +61,8 @@ class Backend:
     kernel_thread_timeouts: bool = False
     #: :meth:`stop_worker` can stop one stuck worker without breaking the pool
     stops_one_worker: bool = False
-    #: iterations run one after another in the kernel, in order (serial): random draws are
-    #: the plain loop's own, so no per-iteration streams are needed
+    #: iterations run one after another in the kernel, in order (serial): the per-iteration
+    #: random streams can reseed the kernel's own generators, as a process worker does
     runs_in_order: bool = False
     #: a loop too cheap to gain from these workers may finish in the kernel instead
     #: (``--auto-serial``); not where it already runs there, nor on a cluster the user chose
