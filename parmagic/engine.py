@@ -179,11 +179,14 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     run.streams = LoopStreams.start(payload, backend)
     run.ref = backend.publish(payload)
     supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
+    items = _Source(iter(iterable))
     try:
         run.record.startup = time.perf_counter() - started
         run.listener.on_start(run.record)
         with _routed_output(backend.in_kernel), routed_in_kernel(backend.in_kernel):
-            _drive(run, iter(iterable), supervisor)
+            _drive(run, items, supervisor)
+        if items.error is not None:
+            run.record.outcome = ERROR
     except KeyboardInterrupt:
         _bind_locals(run, namespace)
         _raise_in_cell(KeyboardInterrupt(), cell.filename, step.lineno)
@@ -201,8 +204,36 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     if dry:
         if run.failures:
             raise run.failures[0][2]
+        if items.error is not None:
+            raise items.error
         return run.record
-    return _finish(run, namespace, options, cell.filename)
+    return _finish(run, namespace, options, cell.filename, items.error)
+
+
+class _Source:
+    """The loop's items, taken lazily; an iterable that raises part-way ends here.
+
+    Its exception is kept (the items it yielded before run and commit, as in the plain
+    loop) and raised once they are committed.
+    """
+
+    def __init__(self, items: Iterator):
+        self.items = items
+        self.error: Exception | None = None
+
+    def __iter__(self) -> _Source:
+        return self
+
+    def __next__(self) -> Any:
+        if self.error is not None:
+            raise StopIteration
+        try:
+            return next(self.items)
+        except StopIteration:
+            raise
+        except Exception as exc:  # the iterable's own error: raised after the prefix commits
+            self.error = exc
+            raise StopIteration from None
 
 
 class _SilentListener(PlainListener):
@@ -713,8 +744,15 @@ def _finished_part(result: BatchResult) -> BatchResult:
     return result
 
 
-def _finish(run: LoopRun, namespace: dict[str, Any], options: Options, filename: str) -> Any:
-    """Bind locals, run the else clause, assign a comprehension; raise the failure if any."""
+def _finish(
+    run: LoopRun,
+    namespace: dict[str, Any],
+    options: Options,
+    filename: str,
+    source_error: Exception | None = None,
+) -> Any:
+    """Bind locals, run the else clause, assign a comprehension; raise the failure if any
+    (an iteration's, else the iterable's own error after the items it yielded)."""
     __tracebackhide__ = True
     step = run.step
     _bind_locals(run, namespace)
@@ -723,6 +761,8 @@ def _finish(run: LoopRun, namespace: dict[str, Any], options: Options, filename:
             _raise_in_cell(CollectedErrors(run.failures), filename, step.lineno)
         k, exc, tb = run.first_error
         _raise_in_cell(exc, filename, _cell_line(tb, filename) or step.lineno)
+    if source_error is not None:
+        _raise_in_cell(source_error, filename, step.lineno, keep_traceback=True)
     if step.orelse is not None:
         exec(step.orelse, namespace)
     if step.assign is not None:
@@ -734,7 +774,9 @@ def _finish(run: LoopRun, namespace: dict[str, Any], options: Options, filename:
     return run.accumulator if step.is_last_expr else None
 
 
-def _raise_in_cell(exc: BaseException, filename: str, lineno: int) -> NoReturn:
+def _raise_in_cell(
+    exc: BaseException, filename: str, lineno: int, keep_traceback: bool = False
+) -> NoReturn:
     """Raise ``exc`` so that its traceback ends in the cell, at ``lineno``.
 
     IPython hides parmagic's frames (``__tracebackhide__``) but never the last one,
@@ -751,8 +793,19 @@ def _raise_in_cell(exc: BaseException, filename: str, lineno: int) -> NoReturn:
     if tb is not None:
         raise exc.with_traceback(tb)
     stub = compile("\n" * max(0, lineno - 1) + f"raise {RESERVED}exc", filename, "exec")
-    exec(stub, {f"{RESERVED}exc": exc.with_traceback(None)})
+    # keep_traceback: the frames below the loop's line that are the user's own (a generator
+    # that raised in the kernel), parmagic's dropped
+    own = _user_frames(exc.__traceback__) if keep_traceback else None
+    exec(stub, {f"{RESERVED}exc": exc.with_traceback(own)})
     raise exc  # not reached
+
+
+def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` from its first frame outside parmagic's package."""
+    package = __file__.rpartition("/")[0] + "/"
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(package):
+        tb = tb.tb_next
+    return tb
 
 
 def _cell_line(tb: str, filename: str) -> int | None:

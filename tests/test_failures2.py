@@ -1,0 +1,131 @@
+"""Failures lose nothing, round two (issue 13): one real-kernel test per numbered case.
+
+Each test drives a real Jupyter kernel the way the issue's adversarial user did (the
+stop button through ``KernelManager.interrupt_kernel()``, timed into the phase it
+targets by a marker file or the run's own hook; a kernel killed with ``os.killpg``)
+and asserts what the user is promised afterwards: the namespace, ``last_run()``, the
+message, the processes, the kernel's open memfds and ``/dev/shm``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from .kernel import Execution, execute, kernel, value
+from .test_failures import traceback_text
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+SETUP = """\
+%load_ext parmagic
+import os, sys, time, signal, threading
+import parmagic
+
+def touch(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+"""
+
+HOW_FAR = re.compile(r"parmagic: interrupted; (\d+) iteration\(s\)(?: of (\d+))? committed")
+
+
+@pytest.fixture(scope="module")
+def kernel_pair() -> Iterator[tuple[Any, Any]]:
+    """A kernel with parmagic loaded and a warm loky pool of 2 workers."""
+    with kernel() as (km, kc):
+        ex = execute(kc, SETUP)
+        assert ex.ok, ex.error()
+        warm = execute(
+            kc, "%%parallel -n 2 --no-progress\nfor i in range(4):\n    time.sleep(0.01)"
+        )
+        assert warm.ok, warm.error()
+        yield km, kc
+
+
+@pytest.fixture
+def kc(kernel_pair: tuple[Any, Any]) -> Any:
+    return kernel_pair[1]
+
+
+@pytest.fixture
+def km(kernel_pair: tuple[Any, Any]) -> Any:
+    return kernel_pair[0]
+
+
+def assert_pools_whole(km: Any, kc: Any) -> None:
+    """A following cell works on 2 loky workers; the kernel has no children but its pools."""
+    ex = execute(
+        kc, "%%parallel -n 2 --no-progress\nafter = []\nfor i in range(6):\n    after.append(i * i)"
+    )
+    assert ex.ok, ex.error()
+    assert value(kc, "after") == [i * i for i in range(6)]
+    info = value(
+        kc,
+        "(lambda s: (s['pids'], [p for o in s['other'].values() "
+        "for p in o.get('pids', [])]))(parmagic.status())",
+    )
+    loky, other = info
+    assert len(loky) == 2 and all(psutil.pid_exists(p) for p in loky)
+    children = psutil.Process(km.provisioner.pid).children(recursive=True)
+    stray = [
+        p.pid
+        for p in children
+        if p.pid not in loky + other
+        and p.status() != psutil.STATUS_ZOMBIE
+        and "resource_tracker" not in " ".join(p.cmdline())
+    ]
+    assert stray == [], f"kernel children besides the pools: {stray}"
+
+
+def memfds(pid: int) -> list[str]:
+    """parmagic's scratch memfds that process ``pid`` holds open."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:parmagic"):
+            found.append(target)
+    return found
+
+
+def how_far(ex: Execution) -> int:
+    """The count of the "how far" line (asserting there is exactly one)."""
+    lines = HOW_FAR.findall(ex.stream("stderr"))
+    assert len(lines) == 1, ex.stream("stderr")
+    return int(lines[0][0])
+
+
+# --------------------------------------------------------------------------- case 3
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing", "threads"])
+def test_case3_iterable_raising_part_way_commits_the_yielded_prefix(
+    km: Any, kc: Any, backend: str
+) -> None:
+    assert execute(kc, "def gen3():\n    yield 1\n    yield 2\n    raise RuntimeError('gen3')\n").ok
+    code = (
+        f"%%parallel -n 2 --no-progress --backend {backend}\n"
+        "r3 = []\n"
+        "for x3 in gen3():\n"
+        "    r3.append(x3 * 10)\n"
+        "else:\n"
+        "    r3.append('else')\n"
+    )
+    ex = execute(kc, code)
+    error = ex.error()
+    assert (error["ename"], error["evalue"]) == ("RuntimeError", "gen3")
+    text = traceback_text(ex)
+    assert re.search(r"Cell In\[\d+\], line 3\n", text), text  # the for line
+    assert "raise RuntimeError('gen3')" in text, text  # the generator's own frame
+    assert "parmagic/" not in text, text
+    assert value(kc, "r3, x3") == ([10, 20], 2)
+    assert value(kc, "parmagic.last_run().done, parmagic.last_run().outcome") == (2, "error")
+    assert_pools_whole(km, kc)
