@@ -16,7 +16,9 @@ import contextlib
 import itertools
 import marshal
 import re
+import signal
 import sys
+import threading
 import time
 import types
 import uuid
@@ -52,6 +54,9 @@ POLL_SECONDS = 0.1
 #: Stop button: how long running batches get to hand back what they finished before
 #: their workers are killed.
 INTERRUPT_GRACE_SECONDS = 0.5
+#: Stop button: how long finished batches may take to commit after it (effects that are
+#: slow to apply in the kernel); the batches after that are cancelled, not committed.
+INTERRUPT_COMMIT_SECONDS = 0.5
 
 _runs: list[RunRecord] = []
 _iterations_run = [0]
@@ -175,12 +180,13 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     )
     _runs.append(run.record)
     started = time.perf_counter()
-    payload = _payload(step, cell, backend, dry)
-    run.streams = LoopStreams.start(payload, backend)
-    run.ref = backend.publish(payload)
-    supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
     items = _Source(iter(iterable))
-    try:
+    supervisor = None
+    try:  # from here on, the stop button at any moment leaves nothing behind
+        payload = _payload(step, cell, backend, dry)
+        run.streams = LoopStreams.start(payload, backend)
+        run.ref = backend.publish(payload)
+        supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
         run.record.startup = time.perf_counter() - started
         run.listener.on_start(run.record)
         with _routed_output(backend.in_kernel), routed_in_kernel(backend.in_kernel):
@@ -188,19 +194,16 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         if items.error is not None:
             run.record.outcome = ERROR
     except KeyboardInterrupt:
-        _bind_locals(run, namespace)
+        with held_interrupts(drop=True):
+            _say_how_far(run)
+            _bind_locals(run, namespace)
         _raise_in_cell(KeyboardInterrupt(), cell.filename, step.lineno)
     except Exception:
         _bind_locals(run, namespace)  # an effect failed in the kernel: as far as it got
         raise
     finally:
-        supervisor.close()
-        backend.unpublish(run.ref)
-        run.record.ended = time.time()
-        _iterations_run[0] += run.record.done
-        run.listener.on_finish(run.record)
-        if not dry:
-            run.streams.finish()
+        with held_interrupts(drop=True):  # clean-up is never cut short
+            _clean_up(run, supervisor, dry)
     if dry:
         if run.failures:
             raise run.failures[0][2]
@@ -208,6 +211,20 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
             raise items.error
         return run.record
     return _finish(run, namespace, options, cell.filename, items.error)
+
+
+def _clean_up(run: LoopRun, supervisor: Supervisor | None, dry: bool) -> None:
+    """End of a run, however it ended: stop its workers, release its payload, close its record."""
+    if supervisor is not None:
+        supervisor.close()
+    if run.ref is not None:
+        run.backend.unpublish(run.ref)
+    run.record.ended = time.time()
+    _iterations_run[0] += run.record.done
+    if supervisor is not None:
+        run.listener.on_finish(run.record)
+    if run.streams is not None and not dry:
+        run.streams.finish()
 
 
 class _Source:
@@ -434,8 +451,11 @@ def _pump(run: LoopRun, flight: Flight, batcher: Batcher, judge: AutoSerial | No
             if _stopped_by_sigint(result):
                 raise KeyboardInterrupt  # a worker got the stop button first
             batcher.observe(result)
-            stop = _commit(run, result, chunk)
-            flight.committed(len(chunk))
+            began = time.perf_counter()
+            with held_interrupts():  # whole batches: the stop button lands after this one
+                stop = _commit(run, result, chunk)
+                flight.committed(len(chunk))
+            batcher.observe_commit(len(chunk), time.perf_counter() - began)
             if judge is not None and not judge.decided:
                 committed += 1
                 judge.observe(result)
@@ -689,6 +709,12 @@ def _interrupted(run: LoopRun, flight: Flight, supervisor: Supervisor) -> None:
     finished; what still runs after INTERRUPT_GRACE_SECONDS is killed.
     """
     __tracebackhide__ = True
+    with held_interrupts(drop=True):  # pressed again while stopping: it is stopping already
+        _stop_and_commit(run, flight, supervisor)
+
+
+def _stop_and_commit(run: LoopRun, flight: Flight, supervisor: Supervisor) -> None:
+    __tracebackhide__ = True
     backend = run.backend
     try:
         for future in flight.in_flight:
@@ -702,8 +728,15 @@ def _interrupted(run: LoopRun, flight: Flight, supervisor: Supervisor) -> None:
         running = list(flight.in_flight)
         if running and not backend.in_kernel and not supervisor.stop_stuck(running):
             backend.abort()
-    _commit_prefix(run, flight)
+    _commit_prefix(run, flight, time.monotonic() + INTERRUPT_COMMIT_SECONDS)
     _cancel_rest(run, flight)
+    _say_how_far(run)
+
+
+def _say_how_far(run: LoopRun) -> None:
+    """The record's outcome and the "how far" line of a stopped run (once)."""
+    if run.record.outcome == INTERRUPTED:
+        return
     run.record.outcome = INTERRUPTED
     total = f" of {run.record.total}" if run.record.total is not None else ""
     print(
@@ -712,10 +745,34 @@ def _interrupted(run: LoopRun, flight: Flight, supervisor: Supervisor) -> None:
     )
 
 
-def _commit_prefix(run: LoopRun, flight: Flight) -> None:
-    """Commit the finished batches in order up to the first gap or stop."""
+@contextlib.contextmanager
+def held_interrupts(drop: bool = False) -> Iterator[None]:
+    """The stop button pressed inside the block takes effect when it ends (``drop``: never).
+
+    Committing a batch, and a run's clean-up, then never stop half-way: the committed
+    prefix is whole iterations, and the record and the locals say what was applied. Only
+    the main thread receives SIGINT; elsewhere there is nothing to hold.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if pressed and not drop:
+        if callable(previous):
+            previous(signal.SIGINT, pressed[0])
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+def _commit_prefix(run: LoopRun, flight: Flight, deadline: float) -> None:
+    """Commit the finished batches in order up to the first gap or stop, or the deadline."""
     __tracebackhide__ = True
-    while (ready := flight.next_ready()) is not None:
+    while (ready := flight.next_ready()) is not None and time.monotonic() < deadline:
         result, chunk = ready
         if result is None:
             break

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from .kernel import Execution, execute, kernel, value
-from .test_failures import traceback_text
+from .kernel import Execution, collect, execute, kernel, value
+from .test_failures import traceback_text, when_written
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -128,4 +130,52 @@ def test_case3_iterable_raising_part_way_commits_the_yielded_prefix(
     assert "parmagic/" not in text, text
     assert value(kc, "r3, x3") == ([10, 20], 2)
     assert value(kc, "parmagic.last_run().done, parmagic.last_run().outcome") == (2, "error")
+    assert_pools_whole(km, kc)
+
+
+# --------------------------------------------------------------------------- case 2
+
+SLOW_LIST = """\
+class SlowList(list):
+    '''A kernel object whose effects take time to apply: the stop button lands mid-commit.'''
+
+    def __init__(self, mark):
+        super().__init__()
+        self.mark = mark
+
+    def append(self, x):
+        if len(self) == 300:
+            touch(self.mark)
+        time.sleep(0.0005)
+        super().append(x)
+"""
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_case2_stop_while_effects_are_committed_keeps_whole_iterations(
+    km: Any, kc: Any, tmp_path: Path, backend: str
+) -> None:
+    mark = tmp_path / "committing"
+    assert execute(kc, SLOW_LIST).ok
+    code = (
+        f"%%parallel -n 2 --no-progress --no-auto-serial --backend {backend}\n"
+        f"r2 = SlowList({str(mark)!r})\n"
+        "for i2 in range(20000):\n"
+        "    sq2 = i2 * i2\n"
+        "    r2.append(i2)\n"
+        "    r2.append(sq2)\n"
+    )
+    msg_id = kc.execute(code)
+    sent = when_written(mark, lambda _: (km.interrupt_kernel(), time.monotonic())[1])
+    ex = collect(kc, msg_id)
+    assert ex.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert ex.idle_at() - sent < 2.0, f"the cell took {ex.idle_at() - sent:.2f}s to stop"
+    n = how_far(ex)
+    assert 150 <= n < 20000
+    applied = value(kc, "len(r2)")
+    assert applied == 2 * n, f"{applied} effects applied, the message says {n} iterations"
+    assert value(kc, "r2[-2:], i2, sq2") == ([n - 1, (n - 1) ** 2], n - 1, (n - 1) ** 2)
+    assert value(kc, "parmagic.last_run().done, parmagic.last_run().outcome") == (n, "interrupted")
+    st = value(kc, f"[it.status for it in parmagic.last_run().iterations[:{n}]]")
+    assert st == ["done"] * n
     assert_pools_whole(km, kc)

@@ -37,6 +37,9 @@ def publish_to_file(payload: Payload) -> FileRef:
     except Exception as exc:
         scratch.close()
         raise unsendable_error(payload.captured, exc) from None
+    except BaseException:  # the stop button while a big value is written: nothing stays open
+        scratch.close()
+        raise
     _published[scratch.path] = scratch
     return FileRef(payload.key, scratch.path, payload.env)
 
