@@ -179,3 +179,54 @@ def test_case2_stop_while_effects_are_committed_keeps_whole_iterations(
     st = value(kc, f"[it.status for it in parmagic.last_run().iterations[:{n}]]")
     assert st == ["done"] * n
     assert_pools_whole(km, kc)
+
+
+# --------------------------------------------------------------------------- case 1
+
+SLOW_TO_SEND = """\
+import numpy as np
+
+class SlowToSend:
+    '''A captured value that takes long to pickle: the stop button lands while it is sent.'''
+
+    def __init__(self, mark):
+        self.mark = mark
+
+    def __reduce__(self):
+        touch(self.mark)
+        time.sleep(30)
+        return (SlowToSend, (self.mark,))
+"""
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_case1_stop_while_a_big_value_is_sent_leaves_no_memfd(
+    km: Any, kc: Any, tmp_path: Path, backend: str
+) -> None:
+    mark = tmp_path / "sending"
+    assert execute(kc, SLOW_TO_SEND).ok
+    assert execute(kc, f"big1 = np.ones(100_000_000); slow1 = SlowToSend({str(mark)!r})").ok
+    kernel_pid = km.provisioner.pid
+    assert memfds(kernel_pid) == []
+    code = (
+        f"%%parallel -n 2 --no-progress --backend {backend}\n"
+        "r1 = []\n"
+        "for i1 in range(8):\n"
+        "    r1.append(big1[i1] + (slow1 is None))\n"
+    )
+    msg_id = kc.execute(code)
+    sent = when_written(mark, lambda _: (km.interrupt_kernel(), time.monotonic())[1])
+    ex = collect(kc, msg_id)
+    assert ex.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert ex.idle_at() - sent < 1.0, f"the cell took {ex.idle_at() - sent:.2f}s to stop"
+    assert how_far(ex) == 0
+    assert "of 8 committed" in ex.stream("stderr")
+    text = traceback_text(ex)
+    assert re.search(r"Cell In\[\d+\], line 3\n", text), text
+    assert "parmagic/" not in text and "cloudpickle" not in text, text
+    assert memfds(kernel_pid) == [], "the payload's memfd stayed open in the kernel"
+    assert value(kc, "r1, 'i1' in globals()") == ([], False)
+    assert value(kc, "parmagic.last_run().done, parmagic.last_run().outcome") == (0, "interrupted")
+    assert execute(kc, "del big1, slow1").ok
+    assert_pools_whole(km, kc)
+    assert memfds(kernel_pid) == []
