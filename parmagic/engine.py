@@ -16,9 +16,7 @@ import contextlib
 import itertools
 import marshal
 import re
-import signal
 import sys
-import threading
 import time
 import types
 import uuid
@@ -31,6 +29,7 @@ from .analysis import check_conditions, check_plan_conditions
 from .backends.base import Backend
 from .batching import AutoSerial, Batcher
 from .errors import CollectedErrors, RemoteTraceback, WritebackError
+from .interrupts import held_interrupts
 from .listener import PlainListener, RunListener
 from .options import Options
 from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
@@ -178,7 +177,8 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         replay=_make_replays(step, namespace, cell.filename, accumulator, dry),
         accumulator=accumulator,
     )
-    _runs.append(run.record)
+    if not dry:  # a timing run's record is --compare's, never last_run()
+        _runs.append(run.record)
     started = time.perf_counter()
     items = _Source(iter(iterable))
     supervisor = None
@@ -196,10 +196,12 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
     except KeyboardInterrupt:
         with held_interrupts(drop=True):
             _say_how_far(run)
-            _bind_locals(run, namespace)
+            if not dry:
+                _bind_locals(run, namespace)
         _raise_in_cell(KeyboardInterrupt(), cell.filename, step.lineno)
     except Exception:
-        _bind_locals(run, namespace)  # an effect failed in the kernel: as far as it got
+        if not dry:
+            _bind_locals(run, namespace)  # an effect failed in the kernel: as far as it got
         raise
     finally:
         with held_interrupts(drop=True):  # clean-up is never cut short
@@ -364,8 +366,11 @@ class Flight:
                     return
                 self.taken += 1
                 start, self.submitted = self.submitted, self.submitted + len(chunk)
-            future = self.supervisor.submit(run_batch, self.ref, start, chunk)
-            self.in_flight[future] = (start, chunk)
+            # a worker process being started must not be cut off half-way (it would be
+            # left waiting for its set-up forever): the stop button lands after the submit
+            with held_interrupts(not self.supervisor.backend.in_kernel):
+                future = self.supervisor.submit(run_batch, self.ref, start, chunk)
+                self.in_flight[future] = (start, chunk)
 
     def wait(self, timeout: float) -> None:
         """Wait up to ``timeout`` for a batch to finish; settle every finished one."""
@@ -738,35 +743,18 @@ def _say_how_far(run: LoopRun) -> None:
     if run.record.outcome == INTERRUPTED:
         return
     run.record.outcome = INTERRUPTED
+    if isinstance(run.listener, _SilentListener):  # --compare/--sweep's timing run
+        print(
+            "parmagic: interrupted during a --compare/--sweep timing run, before the loop "
+            "itself ran; nothing committed",
+            file=sys.stderr,
+        )
+        return
     total = f" of {run.record.total}" if run.record.total is not None else ""
     print(
         f"parmagic: interrupted; {run.record.done} iteration(s){total} committed, in order",
         file=sys.stderr,
     )
-
-
-@contextlib.contextmanager
-def held_interrupts(drop: bool = False) -> Iterator[None]:
-    """The stop button pressed inside the block takes effect when it ends (``drop``: never).
-
-    Committing a batch, and a run's clean-up, then never stop half-way: the committed
-    prefix is whole iterations, and the record and the locals say what was applied. Only
-    the main thread receives SIGINT; elsewhere there is nothing to hold.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pressed: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(frame))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
-    if pressed and not drop:
-        if callable(previous):
-            previous(signal.SIGINT, pressed[0])
-        elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
 
 
 def _commit_prefix(run: LoopRun, flight: Flight, deadline: float) -> None:

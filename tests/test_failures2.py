@@ -76,7 +76,7 @@ def assert_pools_whole(km: Any, kc: Any) -> None:
     assert len(loky) == 2 and all(psutil.pid_exists(p) for p in loky)
     children = psutil.Process(km.provisioner.pid).children(recursive=True)
     stray = [
-        p.pid
+        (p.pid, p.status(), " ".join(p.cmdline())[:200])
         for p in children
         if p.pid not in loky + other
         and p.status() != psutil.STATUS_ZOMBIE
@@ -230,3 +230,75 @@ def test_case1_stop_while_a_big_value_is_sent_leaves_no_memfd(
     assert execute(kc, "del big1, slow1").ok
     assert_pools_whole(km, kc)
     assert memfds(kernel_pid) == []
+
+
+# --------------------------------------------------------------------------- case 7
+
+STARTING = {"loky": "loky", "multiprocessing": "spawn_main"}
+
+
+def _starting_workers(kernel_pid: int, word: str, n: int = 2) -> None:
+    """Wait until the kernel has ``n`` new worker processes (still starting: importing)."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = [
+            p
+            for p in psutil.Process(kernel_pid).children(recursive=True)
+            if word in " ".join(p.cmdline())
+        ]
+        if len(found) >= n:
+            return
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_case7_stop_at_pool_start_up_shows_no_worker_tracebacks(
+    km: Any, kc: Any, backend: str
+) -> None:
+    assert execute(kc, "%parmagic shutdown").ok
+    code = (
+        f"%%parallel -n 2 --no-progress --backend {backend}\n"
+        "r7 = []\n"
+        "for i7 in range(40):\n"
+        "    time.sleep(0.05)\n"
+        "    r7.append(i7)\n"
+    )
+    msg_id = kc.execute(code)
+    _starting_workers(km.provisioner.pid, STARTING[backend])
+    km.interrupt_kernel()
+    ex = collect(kc, msg_id)
+    assert ex.reply["content"]["ename"] == "KeyboardInterrupt"
+    n = how_far(ex)
+    assert value(kc, "r7") == list(range(n))
+    assert value(kc, "parmagic.last_run().done, parmagic.last_run().outcome") == (n, "interrupted")
+    after = execute(kc, "time.sleep(1)")  # what a dying worker would print arrives by then
+    for shown in (ex, after):
+        text = shown.stream("stderr") + shown.stream("stdout")
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert_pools_whole(km, kc)
+
+
+def test_case7_stop_during_compare_timing_run_says_nothing_was_committed(
+    km: Any, kc: Any, tmp_path: Path
+) -> None:
+    mark = tmp_path / "timing"
+    code = (
+        "%%parallel -n 2 --no-progress --compare\n"
+        "r7c = []\n"
+        "for i7c in range(40):\n"
+        f"    if i7c == 5:\n        touch({str(mark)!r})\n"
+        "    time.sleep(0.05)\n"
+        "    r7c.append(i7c)\n"
+    )
+    msg_id = kc.execute(code)
+    when_written(mark, lambda _: km.interrupt_kernel())
+    ex = collect(kc, msg_id)
+    assert ex.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert "committed, in order" not in ex.stream("stderr")
+    assert "interrupted during a --compare/--sweep timing run" in ex.stream("stderr")
+    assert "nothing committed" in ex.stream("stderr")
+    assert value(kc, "r7c, 'i7c' in globals()") == ([], False)
+    assert value(kc, "parmagic.last_run() is None")
+    assert "parmagic/" not in traceback_text(ex)
+    assert_pools_whole(km, kc)
