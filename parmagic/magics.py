@@ -18,7 +18,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicHelpFormatter, argument, kwds, magic_arguments
 from IPython.utils.process import arg_split
 
-from . import api, pool
+from . import api, leftovers, pool
 from .options import (
     BY_NAME,
     TABLE,
@@ -327,8 +327,10 @@ def format_status(info: dict[str, Any]) -> str:
 
 
 def load(ipython: Any) -> None:
-    """Register the magics, warm the default pool in the background, import the display now."""
+    """Register the magics, sweep what dead kernels left in /dev/shm, warm the default pool in
+    the background, import the display now."""
     ipython.register_magics(ParallelMagics)
+    leftovers.sweep()
     _import_display()
     options = defaults()
     if options.backend == "loky" and options.n_workers > 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -302,3 +303,84 @@ def test_case7_stop_during_compare_timing_run_says_nothing_was_committed(
     assert value(kc, "parmagic.last_run() is None")
     assert "parmagic/" not in traceback_text(ex)
     assert_pools_whole(km, kc)
+
+
+# --------------------------------------------------------------------------- case 4
+
+
+def shm_of(pid: int) -> set[str]:
+    """The loky semaphores in /dev/shm that process ``pid`` made."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"sem.loky-{pid}-")}
+
+
+NESTED_POOL = (
+    "%%parallel -n 2 --no-progress --chunksize 1\n"
+    "inner = []\n"
+    "for i4 in range(2):\n"
+    "    from loky import get_reusable_executor\n"
+    "    inner.append((os.getpid(), get_reusable_executor(1).submit(abs, -i4).result()))\n"
+)
+
+
+@pytest.mark.parametrize("how", ["killpg", "restart-now"])
+def test_case4_what_a_dead_kernel_left_in_dev_shm_is_swept_at_the_next_load(
+    kernel_pair: tuple[Any, Any], how: str
+) -> None:
+    live = kernel_pair[0].provisioner.pid  # a live kernel beside: its files must stay
+    live_files = shm_of(live)
+    assert live_files, "the module's kernel has a loky pool: it has semaphores"
+    with kernel() as (km, kc):
+        assert execute(kc, SETUP).ok
+        ex = execute(kc, NESTED_POOL)
+        assert ex.ok, ex.error()
+        dead = [km.provisioner.pid] + sorted({pid for pid, _ in value(kc, "inner")})
+        left = {pid: shm_of(pid) for pid in dead}
+        assert all(left.values()), f"no semaphores to leave behind: {left}"
+        family = [psutil.Process(dead[0]), *psutil.Process(dead[0]).children(recursive=True)]
+        if how == "killpg":
+            os.killpg(os.getpgid(dead[0]), signal.SIGKILL)
+            _, alive = psutil.wait_procs(family, timeout=10)
+            assert alive == []
+            with kernel() as (_, kc2):
+                assert execute(kc2, SETUP).ok
+        else:
+            km.restart_kernel(now=True)
+            _, alive = psutil.wait_procs(family, timeout=10)
+            assert alive == []
+            kc.wait_for_ready(timeout=60)
+            assert execute(kc, SETUP).ok
+        for pid, names in left.items():
+            assert not (names & shm_of(pid)), f"left by {pid}: {sorted(names & shm_of(pid))}"
+        assert live_files <= shm_of(live), "a live kernel's semaphores were removed"
+        sweeper = km.provisioner.pid if how == "restart-now" else None
+    # the kernels above were shut down with now=True (their process group killed): what
+    # they left is the next %load_ext's to sweep, done here as it does
+    from parmagic import leftovers
+
+    leftovers.sweep()
+    assert live_files <= shm_of(live)
+    if sweeper is not None:
+        assert not shm_of(sweeper)
+
+
+def test_case4_sweep_removes_only_entries_whose_maker_is_gone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from parmagic import leftovers
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    me = os.getpid()
+    names = [
+        f"sem.loky-{gone.pid}-ab_c12",  # a dead kernel's semaphore: swept
+        f"parmagic-{gone.pid}-0123abcd.payload",  # its scratch file: swept
+        f"sem.loky-{me}-ab_c12",  # a live process's: kept
+        f"sem.mp-{gone.pid}-x",  # not a name we know: kept
+        f"notes-{gone.pid}.txt",
+    ]
+    for name in names:
+        (tmp_path / name).write_text("")
+    removed = leftovers.sweep(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == sorted(names[:2])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
