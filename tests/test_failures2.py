@@ -384,3 +384,58 @@ def test_case4_sweep_removes_only_entries_whose_maker_is_gone(tmp_path: Path) ->
     removed = leftovers.sweep(str(tmp_path))
     assert sorted(os.path.basename(p) for p in removed) == sorted(names[:2])
     assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
+
+
+# --------------------------------------------------------------------------- case 6
+
+
+def test_case6_dask_worker_death_fails_its_iteration_within_seconds(
+    km: Any, kc: Any, tmp_path: Path
+) -> None:
+    pytest.importorskip("distributed")
+    from .test_dask import running_cluster
+
+    # its own cluster: the workers that die leave semaphores their nannies remove at exit
+    with running_cluster(tmp_path, workers=2, threads=1) as cluster:
+        try:
+            for mode in ("raise", "collect"):
+                _dask_death(kc, cluster.address, mode)
+        finally:
+            assert execute(kc, "%parmagic shutdown").ok  # the client goes before the cluster
+
+
+def _dask_death(kc: Any, address: str, mode: str) -> None:
+    code = (
+        f"%%parallel --backend dask --scheduler {address} --no-progress "
+        f"--chunksize 1 --on-error {mode}\n"
+        "r6 = []\n"
+        "for i6 in range(10):\n"
+        "    if i6 == 4:\n"
+        "        os._exit(3)\n"
+        "    time.sleep(0.05)\n"
+        "    r6.append(i6)\n"
+    )
+    began = time.monotonic()
+    ex = execute(kc, code, timeout=90)
+    took = time.monotonic() - began
+    error = ex.error()
+    assert took < 45, f"the cell took {took:.1f}s"
+    if mode == "raise":
+        assert error["ename"] == "WorkerDiedError", error
+        assert value(kc, "r6") == [0, 1, 2, 3]
+    else:
+        assert error["ename"] == "CollectedErrors", error
+        lines = error["evalue"].splitlines()
+        assert lines[0] == "1 iteration(s) failed:", lines
+        assert lines[1].startswith("  iteration 4 (item=4): WorkerDiedError"), lines
+        assert value(kc, "r6") == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    statuses = dict(value(kc, "[(it.index, it.status) for it in parmagic.last_run().iterations]"))
+    assert statuses[4] == "failed"
+    after = execute(
+        kc,
+        f"%%parallel --backend dask --scheduler {address} --no-progress\n"
+        "q6 = []\nfor j in range(6):\n    q6.append(j * 2)\n",
+        timeout=60,
+    )
+    assert after.ok, after.error()
+    assert value(kc, "q6") == [0, 2, 4, 6, 8, 10]
