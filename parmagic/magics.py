@@ -11,6 +11,7 @@ import argparse
 import ast
 import shlex
 import sys
+import threading
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -206,6 +207,7 @@ class ParallelMagics(Magics):
         %parmagic config sets them for later cells.
         """
         __tracebackhide__ = True
+        _refuse_inside_a_worker("%%parallel")
         args = parse_line(self.parallel, line)
         if args is None:
             return None
@@ -240,6 +242,7 @@ class ParallelMagics(Magics):
         --cache=DIR (--cache alone: the folder beside the notebook).
         """
         __tracebackhide__ = True
+        _refuse_inside_a_worker("%pmap")
         args = parse_line(self.pmap, line, expression=True)
         if args is None:
             return None
@@ -297,6 +300,16 @@ class ParallelMagics(Magics):
                 f"%parmagic {args.command}: unknown command; use status, config or shutdown"
             )
         return None
+
+
+def _refuse_inside_a_worker(magic: str) -> None:
+    """A magic called from an iteration on ``--backend threads`` (a parmagic pool thread)."""
+    if threading.current_thread().name.startswith("parmagic"):
+        raise UsageError(
+            f"{magic} cannot run inside an iteration of a parallel loop: a worker cannot start "
+            "a parallel run of its own. Call a plain version there (a list comprehension "
+            f"instead of %pmap), or make the outer loop a plain one and keep {magic} inside."
+        )
 
 
 def _is_comprehension(expression: str) -> bool:

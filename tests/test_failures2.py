@@ -35,6 +35,7 @@ def touch(path):
         f.write(str(os.getpid()))
 """
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 HOW_FAR = re.compile(r"parmagic: interrupted; (\d+) iteration\(s\)(?: of (\d+))? committed")
 
 
@@ -439,3 +440,92 @@ def _dask_death(kc: Any, address: str, mode: str) -> None:
     )
     assert after.ok, after.error()
     assert value(kc, "q6") == [0, 2, 4, 6, 8, 10]
+
+
+# --------------------------------------------------------------------------- case 5
+
+BAD_OPTIONS = [
+    "--timeout inf",
+    "--timeout nan",
+    "--timeout -inf",
+    "-n 100000",
+    "--sweep -1,2",
+    "--sweep 1,,2",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_OPTIONS)
+def test_case5_bad_option_values_are_one_line_usage_errors_before_anything_runs(
+    kc: Any, bad: str
+) -> None:
+    assert execute(kc, "ran5 = False").ok
+    ex = execute(
+        kc, f"%%parallel --no-progress {bad}\nran5 = True\nfor i5 in range(3):\n    pass\n"
+    )
+    said = ANSI.sub("", ex.stream("stderr")).strip()
+    assert said.startswith("UsageError: ") and "\n" not in said, said
+    assert "Traceback" not in said
+    assert value(kc, "ran5, 'i5' in globals()") == (False, False)
+    ex = execute(kc, f"p5 = %pmap {bad} abs, range(3)")
+    said = ANSI.sub("", ex.stream("stderr")).strip()
+    assert said.startswith("UsageError: ") and "\n" not in said, said
+    assert value(kc, "'p5' in globals()") is False
+
+
+# --------------------------------------------------------------------------- case 8
+
+FROM_A_THREAD = """\
+def cell_from_a_thread():
+    get_ipython().run_cell_magic(
+        "parallel",
+        "-n 2 --no-progress --no-auto-serial",
+        "t8 = []\\nfor i8 in range(6):\\n    time.sleep(0.05)\\n    t8.append(os.getpid())\\n",
+    )
+
+worker = threading.Thread(target=cell_from_a_thread)
+worker.start()
+worker.join()
+"""
+
+
+def test_case8_parallel_from_a_thread_uses_the_kernels_one_pool(km: Any, kc: Any) -> None:
+    before = value(kc, "parmagic.status()['pids']")
+    ex = execute(kc, FROM_A_THREAD)
+    assert ex.ok, ex.error()
+    used = set(value(kc, "t8"))
+    status = execute(kc, "%parmagic status")
+    pids = value(kc, "parmagic.status()['pids']")
+    assert used <= set(pids) and pids == before, (used, pids, before)
+    for pid in pids:
+        assert str(pid) in status.stream()
+    loky = [
+        p.pid
+        for p in psutil.Process(km.provisioner.pid).children(recursive=True)
+        if "popen_loky_posix" in " ".join(p.cmdline())
+    ]
+    assert sorted(loky) == sorted(pids), "a second pool besides the one status shows"
+    assert execute(kc, "%parmagic shutdown").ok
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in loky if psutil.pid_exists(p)], 10)
+    assert alive == [], "shutdown left workers of the thread's pool"
+    assert_pools_whole(km, kc)
+
+
+INNER_PMAP = "def inner8(x):\n    ys = %pmap abs, range(x)\n    return sum(ys)\n"
+
+
+@pytest.mark.parametrize("backend", ["loky", "threads"])
+def test_case8_pmap_inside_a_worker_function_says_so(km: Any, kc: Any, backend: str) -> None:
+    assert execute(kc, INNER_PMAP).ok
+    code = (
+        f"%%parallel -n 2 --no-progress --backend {backend}\n"
+        "r8 = []\n"
+        "for i8 in range(4):\n"
+        "    r8.append(inner8(i8))\n"
+    )
+    ex = execute(kc, code)
+    text = ANSI.sub("", ex.stream("stderr") + (traceback_text(ex) if ex.error() else ""))
+    assert "sqlite3" not in text, text
+    assert "a worker cannot start a parallel run of its own" in text, text
+    assert "%pmap" in text
+    assert value(kc, "r8") == []
+    assert_pools_whole(km, kc)
