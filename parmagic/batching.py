@@ -25,6 +25,15 @@ class Batcher:
         self.n_workers = max(1, n_workers)
         self.fixed = chunksize
         self.per_item: float | None = None
+        #: seconds the kernel takes to commit one iteration (effects slow to apply)
+        self.commit_per_item = 0.0
+
+    def observe_commit(self, count: int, seconds: float) -> None:
+        """Learn the kernel's cost of committing an iteration: a batch's commit holds the stop
+        button until it ends, so batches stay short to commit too."""
+        if count:
+            per = seconds / count
+            self.commit_per_item = max(per, 0.5 * (self.commit_per_item + per))
 
     def observe(self, result: BatchResult) -> None:
         """Learn the cost of an iteration from a finished batch."""
@@ -38,7 +47,7 @@ class Batcher:
             return self.fixed
         if self.per_item is None:
             return 1
-        size = int(TARGET_BATCH_SECONDS / max(self.per_item, 1e-7))
+        size = int(TARGET_BATCH_SECONDS / max(self.per_item, self.commit_per_item, 1e-7))
         if self.total is not None:
             size = min(size, -(-self.total // (self.n_workers * MIN_BATCHES_PER_WORKER)))
         return max(1, size)

@@ -31,6 +31,7 @@ def run_plan_compared(plan: CellPlan, cell: CellRun) -> Any:
 
 
 def _timing_runs(step: LoopStep, cell: CellRun) -> dict:
+    __tracebackhide__ = True
     timings: dict[str, Any] = {}
     options = cell.options
     if options.compare:

@@ -29,6 +29,7 @@ from .analysis import check_conditions, check_plan_conditions
 from .backends.base import Backend
 from .batching import AutoSerial, Batcher
 from .errors import CollectedErrors, RemoteTraceback, WritebackError
+from .interrupts import held_interrupts
 from .listener import PlainListener, RunListener
 from .options import Options
 from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
@@ -52,6 +53,9 @@ POLL_SECONDS = 0.1
 #: Stop button: how long running batches get to hand back what they finished before
 #: their workers are killed.
 INTERRUPT_GRACE_SECONDS = 0.5
+#: Stop button: how long finished batches may take to commit after it (effects that are
+#: slow to apply in the kernel); the batches after that are cancelled, not committed.
+INTERRUPT_COMMIT_SECONDS = 0.5
 
 _runs: list[RunRecord] = []
 _iterations_run = [0]
@@ -174,36 +178,82 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         replay=_make_replays(step, namespace, cell.filename, accumulator, dry),
         accumulator=accumulator,
     )
-    _runs.append(run.record)
+    if not dry:  # a timing run's record is --compare's, never last_run()
+        _runs.append(run.record)
     started = time.perf_counter()
-    payload = _payload(step, cell, backend, dry)
-    run.streams = LoopStreams.start(payload, backend)
-    run.ref = backend.publish(payload)
-    supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
-    try:
+    items = _Source(iter(iterable))
+    supervisor = None
+    try:  # from here on, the stop button at any moment leaves nothing behind
+        payload = _payload(step, cell, backend, dry)
+        run.streams = LoopStreams.start(payload, backend)
+        run.ref = backend.publish(payload)
+        supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
         run.record.startup = time.perf_counter() - started
         run.listener.on_start(run.record)
         with _routed_output(backend.in_kernel), routed_in_kernel(backend.in_kernel):
-            _drive(run, iter(iterable), supervisor)
+            _drive(run, items, supervisor)
+        if items.error is not None:
+            run.record.outcome = ERROR
     except KeyboardInterrupt:
-        _bind_locals(run, namespace)
+        with held_interrupts(drop=True):
+            _say_how_far(run)
+            if not dry:
+                _bind_locals(run, namespace)
         _raise_in_cell(KeyboardInterrupt(), cell.filename, step.lineno)
     except Exception:
-        _bind_locals(run, namespace)  # an effect failed in the kernel: as far as it got
+        if not dry:
+            _bind_locals(run, namespace)  # an effect failed in the kernel: as far as it got
         raise
     finally:
-        supervisor.close()
-        backend.unpublish(run.ref)
-        run.record.ended = time.time()
-        _iterations_run[0] += run.record.done
-        run.listener.on_finish(run.record)
-        if not dry:
-            run.streams.finish(notice=not step.analysis.seeds_itself)
+        with held_interrupts(drop=True):  # clean-up is never cut short
+            _clean_up(run, supervisor, dry)
     if dry:
         if run.failures:
             raise run.failures[0][2]
+        if items.error is not None:
+            raise items.error
         return run.record
-    return _finish(run, namespace, options, cell.filename)
+    return _finish(run, namespace, options, cell.filename, items.error)
+
+
+def _clean_up(run: LoopRun, supervisor: Supervisor | None, dry: bool) -> None:
+    """End of a run, however it ended: stop its workers, release its payload, close its record."""
+    if supervisor is not None:
+        supervisor.close()
+    if run.ref is not None:
+        run.backend.unpublish(run.ref)
+    run.record.ended = time.time()
+    _iterations_run[0] += run.record.done
+    if supervisor is not None:
+        run.listener.on_finish(run.record)
+    if run.streams is not None and not dry:
+        run.streams.finish(notice=not run.step.analysis.seeds_itself)
+
+
+class _Source:
+    """The loop's items, taken lazily; an iterable that raises part-way ends here.
+
+    Its exception is kept (the items it yielded before run and commit, as in the plain
+    loop) and raised once they are committed.
+    """
+
+    def __init__(self, items: Iterator):
+        self.items = items
+        self.error: Exception | None = None
+
+    def __iter__(self) -> _Source:
+        return self
+
+    def __next__(self) -> Any:
+        if self.error is not None:
+            raise StopIteration
+        try:
+            return next(self.items)
+        except StopIteration:
+            raise
+        except Exception as exc:  # the iterable's own error: raised after the prefix commits
+            self.error = exc
+            raise StopIteration from None
 
 
 class _SilentListener(PlainListener):
@@ -317,8 +367,11 @@ class Flight:
                     return
                 self.taken += 1
                 start, self.submitted = self.submitted, self.submitted + len(chunk)
-            future = self.supervisor.submit(run_batch, self.ref, start, chunk)
-            self.in_flight[future] = (start, chunk)
+            # a worker process being started must not be cut off half-way (it would be
+            # left waiting for its set-up forever): the stop button lands after the submit
+            with held_interrupts(not self.supervisor.backend.in_kernel):
+                future = self.supervisor.submit(run_batch, self.ref, start, chunk)
+                self.in_flight[future] = (start, chunk)
 
     def wait(self, timeout: float) -> None:
         """Wait up to ``timeout`` for a batch to finish; settle every finished one."""
@@ -404,8 +457,11 @@ def _pump(run: LoopRun, flight: Flight, batcher: Batcher, judge: AutoSerial | No
             if _stopped_by_sigint(result):
                 raise KeyboardInterrupt  # a worker got the stop button first
             batcher.observe(result)
-            stop = _commit(run, result, chunk)
-            flight.committed(len(chunk))
+            began = time.perf_counter()
+            with held_interrupts():  # whole batches: the stop button lands after this one
+                stop = _commit(run, result, chunk)
+                flight.committed(len(chunk))
+            batcher.observe_commit(len(chunk), time.perf_counter() - began)
             if judge is not None and not judge.decided:
                 committed += 1
                 judge.observe(result)
@@ -677,6 +733,12 @@ def _interrupted(run: LoopRun, flight: Flight, supervisor: Supervisor) -> None:
     finished; what still runs after INTERRUPT_GRACE_SECONDS is killed.
     """
     __tracebackhide__ = True
+    with held_interrupts(drop=True):  # pressed again while stopping: it is stopping already
+        _stop_and_commit(run, flight, supervisor)
+
+
+def _stop_and_commit(run: LoopRun, flight: Flight, supervisor: Supervisor) -> None:
+    __tracebackhide__ = True
     backend = run.backend
     try:
         for future in flight.in_flight:
@@ -690,9 +752,23 @@ def _interrupted(run: LoopRun, flight: Flight, supervisor: Supervisor) -> None:
         running = list(flight.in_flight)
         if running and not backend.in_kernel and not supervisor.stop_stuck(running):
             backend.abort()
-    _commit_prefix(run, flight)
+    _commit_prefix(run, flight, time.monotonic() + INTERRUPT_COMMIT_SECONDS)
     _cancel_rest(run, flight)
+    _say_how_far(run)
+
+
+def _say_how_far(run: LoopRun) -> None:
+    """The record's outcome and the "how far" line of a stopped run (once)."""
+    if run.record.outcome == INTERRUPTED:
+        return
     run.record.outcome = INTERRUPTED
+    if isinstance(run.listener, _SilentListener):  # --compare/--sweep's timing run
+        print(
+            "parmagic: interrupted during a --compare/--sweep timing run, before the loop "
+            "itself ran; nothing committed",
+            file=sys.stderr,
+        )
+        return
     total = f" of {run.record.total}" if run.record.total is not None else ""
     print(
         f"parmagic: interrupted; {run.record.done} iteration(s){total} committed, in order",
@@ -700,10 +776,10 @@ def _interrupted(run: LoopRun, flight: Flight, supervisor: Supervisor) -> None:
     )
 
 
-def _commit_prefix(run: LoopRun, flight: Flight) -> None:
-    """Commit the finished batches in order up to the first gap or stop."""
+def _commit_prefix(run: LoopRun, flight: Flight, deadline: float) -> None:
+    """Commit the finished batches in order up to the first gap or stop, or the deadline."""
     __tracebackhide__ = True
-    while (ready := flight.next_ready()) is not None:
+    while (ready := flight.next_ready()) is not None and time.monotonic() < deadline:
         result, chunk = ready
         if result is None:
             break
@@ -732,8 +808,15 @@ def _finished_part(result: BatchResult) -> BatchResult:
     return result
 
 
-def _finish(run: LoopRun, namespace: dict[str, Any], options: Options, filename: str) -> Any:
-    """Bind locals, run the else clause, assign a comprehension; raise the failure if any."""
+def _finish(
+    run: LoopRun,
+    namespace: dict[str, Any],
+    options: Options,
+    filename: str,
+    source_error: Exception | None = None,
+) -> Any:
+    """Bind locals, run the else clause, assign a comprehension; raise the failure if any
+    (an iteration's, else the iterable's own error after the items it yielded)."""
     __tracebackhide__ = True
     step = run.step
     _bind_locals(run, namespace)
@@ -742,6 +825,8 @@ def _finish(run: LoopRun, namespace: dict[str, Any], options: Options, filename:
             _raise_in_cell(CollectedErrors(run.failures), filename, step.lineno)
         k, exc, tb = run.first_error
         _raise_in_cell(exc, filename, _cell_line(tb, filename) or step.lineno)
+    if source_error is not None:
+        _raise_in_cell(source_error, filename, step.lineno, keep_traceback=True)
     if step.orelse is not None:
         exec(step.orelse, namespace)
     if step.assign is not None:
@@ -753,7 +838,9 @@ def _finish(run: LoopRun, namespace: dict[str, Any], options: Options, filename:
     return run.accumulator if step.is_last_expr else None
 
 
-def _raise_in_cell(exc: BaseException, filename: str, lineno: int) -> NoReturn:
+def _raise_in_cell(
+    exc: BaseException, filename: str, lineno: int, keep_traceback: bool = False
+) -> NoReturn:
     """Raise ``exc`` so that its traceback ends in the cell, at ``lineno``.
 
     IPython hides parmagic's frames (``__tracebackhide__``) but never the last one,
@@ -770,8 +857,19 @@ def _raise_in_cell(exc: BaseException, filename: str, lineno: int) -> NoReturn:
     if tb is not None:
         raise exc.with_traceback(tb)
     stub = compile("\n" * max(0, lineno - 1) + f"raise {RESERVED}exc", filename, "exec")
-    exec(stub, {f"{RESERVED}exc": exc.with_traceback(None)})
+    # keep_traceback: the frames below the loop's line that are the user's own (a generator
+    # that raised in the kernel), parmagic's dropped
+    own = _user_frames(exc.__traceback__) if keep_traceback else None
+    exec(stub, {f"{RESERVED}exc": exc.with_traceback(own)})
     raise exc  # not reached
+
+
+def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` from its first frame outside parmagic's package."""
+    package = __file__.rpartition("/")[0] + "/"
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(package):
+        tb = tb.tb_next
+    return tb
 
 
 def _cell_line(tb: str, filename: str) -> int | None:

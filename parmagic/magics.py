@@ -11,6 +11,7 @@ import argparse
 import ast
 import shlex
 import sys
+import threading
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -18,7 +19,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicHelpFormatter, argument, kwds, magic_arguments
 from IPython.utils.process import arg_split
 
-from . import api, pool
+from . import api, leftovers, pool
 from .options import (
     BY_NAME,
     TABLE,
@@ -206,6 +207,7 @@ class ParallelMagics(Magics):
         %parmagic config sets them for later cells.
         """
         __tracebackhide__ = True
+        _refuse_inside_a_worker("%%parallel")
         args = parse_line(self.parallel, line)
         if args is None:
             return None
@@ -240,6 +242,7 @@ class ParallelMagics(Magics):
         --cache=DIR (--cache alone: the folder beside the notebook).
         """
         __tracebackhide__ = True
+        _refuse_inside_a_worker("%pmap")
         args = parse_line(self.pmap, line, expression=True)
         if args is None:
             return None
@@ -299,6 +302,16 @@ class ParallelMagics(Magics):
         return None
 
 
+def _refuse_inside_a_worker(magic: str) -> None:
+    """A magic called from an iteration on ``--backend threads`` (a parmagic pool thread)."""
+    if threading.current_thread().name.startswith("parmagic"):
+        raise UsageError(
+            f"{magic} cannot run inside an iteration of a parallel loop: a worker cannot start "
+            "a parallel run of its own. Call a plain version there (a list comprehension "
+            f"instead of %pmap), or make the outer loop a plain one and keep {magic} inside."
+        )
+
+
 def _is_comprehension(expression: str) -> bool:
     try:
         tree = ast.parse(f"[{expression}]", mode="eval")
@@ -327,8 +340,10 @@ def format_status(info: dict[str, Any]) -> str:
 
 
 def load(ipython: Any) -> None:
-    """Register the magics, warm the default pool in the background, import the display now."""
+    """Register the magics, sweep what dead kernels left in /dev/shm, warm the default pool in
+    the background, import the display now."""
     ipython.register_magics(ParallelMagics)
+    leftovers.sweep()
     _import_display()
     options = defaults()
     if options.backend == "loky" and options.n_workers > 1:

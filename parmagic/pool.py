@@ -15,6 +15,7 @@ from typing import Any
 from .backends.base import Backend
 from .backends.local import SerialBackend, ThreadBackend
 from .backends.loky import LokyBackend, executor_pids, get_executor, kill_executor
+from .interrupts import held_interrupts
 from .options import Options
 from .worker import budget
 from .worker.batch import warm_up
@@ -82,9 +83,10 @@ def start_in_background(n_workers: int) -> None:
 
     Submitting returns at once; the workers start while the user types the next cell.
     """
-    executor = get_executor(n_workers)
-    for _ in range(n_workers):
-        executor.submit(warm_up)
+    with held_interrupts():  # a worker half-started would wait for its set-up forever
+        executor = get_executor(n_workers)
+        for _ in range(n_workers):
+            executor.submit(warm_up)
 
 
 def status() -> dict[str, Any]:

@@ -15,12 +15,15 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from ..interrupts import sigint_blocked
 from .base import WorkersLost
 
 _lock = threading.Lock()
 #: The pool parmagic uses, whichever thread asks (loky keeps its reusable executor
 #: per thread: a second thread calling get_reusable_executor would start a second pool).
 _executor: Any = None
+#: Set in the environment of parmagic's loky workers: marks the spawns to shield from SIGINT.
+WORKER_ENV = "PARMAGIC_LOKY_WORKER"
 
 
 def reusable_executor(n_workers: int, **kwargs: Any) -> Any:
@@ -35,7 +38,10 @@ def reusable_executor(n_workers: int, **kwargs: Any) -> Any:
             if executor._max_workers != n_workers:  # private: the size loky resizes to
                 executor._resize(n_workers)  # private: what get_reusable_executor calls
             return executor
-        _executor = get_reusable_executor(max_workers=n_workers, context=_own_context(), **kwargs)
+        shield_spawns()
+        _executor = get_reusable_executor(
+            max_workers=n_workers, context=_own_context(), env={WORKER_ENV: "1"}, **kwargs
+        )
         return _executor
 
 
@@ -142,3 +148,27 @@ def record_deaths() -> None:
 
     terminate_broken._parmagic = True  # type: ignore[attr-defined]
     manager.terminate_broken = terminate_broken
+
+
+def shield_spawns() -> None:
+    """Start parmagic's loky workers with SIGINT blocked (see :func:`sigint_blocked`).
+
+    loky starts workers from the submitting thread and from its manager thread, through
+    ``loky.backend.fork_exec.fork_exec(cmd, keep_fds, env)`` (private, 3.5-3.7): only the
+    spawns whose ``env`` carries :data:`WORKER_ENV` (our pool's) are shielded, other loky
+    pools in the kernel are left as they are.
+    """
+    from loky.backend import fork_exec as module
+
+    original = module.fork_exec
+    if getattr(original, "_parmagic", False):
+        return
+
+    def fork_exec(cmd: Any, keep_fds: Any, env: Any = None) -> Any:
+        if not env or WORKER_ENV not in env:
+            return original(cmd, keep_fds, env=env)
+        with sigint_blocked():
+            return original(cmd, keep_fds, env=env)
+
+    fork_exec._parmagic = True  # type: ignore[attr-defined]
+    module.fork_exec = fork_exec

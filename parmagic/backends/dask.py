@@ -2,10 +2,15 @@
 
 It uses the kernel's current ``Client`` or, with ``--scheduler ADDRESS``, a
 client of its own for that address (opened once, reused while it lives). A
-run's payload is scattered once to every worker (``broadcast=True``); each task
-names the scattered future, which dask resolves on the worker to the payload
-itself, so the payload crosses the network once per worker per run, never once
-per task. dask futures are wrapped into ``concurrent.futures.Future`` objects.
+run's payload is the result of one task, replicated to every worker before the
+first batch; each batch task names that future, which dask resolves on the
+worker to the payload itself, so the payload crosses the network once per worker
+per run, never once per task. Being a task's result, not scattered data, it is
+computed again if every worker holding it dies (an iteration that kills its
+worker is retried on the others by dask): the batches waiting for it then run,
+and the culprit fails with ``KilledWorker`` (a ``WorkerDiedError`` here) within
+seconds, where scattered data would have been forgotten and the cell would wait
+forever. dask futures are wrapped into ``concurrent.futures.Future`` objects.
 
 The workers must be able to import parmagic (and whatever the notebook's code
 imports); functions and classes defined in the notebook travel by value.
@@ -179,7 +184,7 @@ class DaskBackend(Backend):
     # Runs -------------------------------------------------------------------------------------
 
     def publish(self, payload: Payload) -> PayloadRef:
-        """Scatter the payload to every worker once; tasks name it by its dask future."""
+        """Put the payload on every worker once; tasks name it by its dask future."""
         client = self.client()
         threads = client.nthreads()
         self._threads = max(1, sum(threads.values()))  # the cluster may have grown
@@ -189,7 +194,13 @@ class DaskBackend(Backend):
                 "start some (dask worker ADDRESS) and run the cell again"
             )
         try:
-            future = client.scatter(payload, broadcast=True, hash=False)
+            # a task that returns the payload, not scattered data: if every worker holding it
+            # dies (an iteration that kills its worker, retried on the others), the scheduler
+            # computes it again instead of forgetting it and the batches that need it
+            future = client.submit(
+                _payload_of, payload, key=f"parmagic_payload-{payload.key}", pure=False
+            )
+            client.replicate([future])  # on every worker before the first batch
         except Exception as exc:
             try:
                 dumps_with_buffers(payload.captured)
@@ -342,6 +353,11 @@ _running: dict[str, set[int]] = {}
 #: next batch) return at once.
 _aborted: collections.deque[str] = collections.deque(maxlen=64)
 _running_lock = threading.Lock()
+
+
+def _payload_of(payload: Payload) -> Payload:
+    """Worker side: the run's payload, as the result of a task the scheduler can rerun."""
+    return payload
 
 
 def _run_task(fn: Callable[..., Any], payload: Payload, *args: Any) -> Any:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from ..interrupts import sigint_blocked
 from ..worker import batch, budget
 from ..worker.protocol import Payload, PayloadRef
 from .base import Backend, WorkersLost
@@ -52,9 +52,10 @@ def _init_worker(threads: budget.ThreadBudget | None = None) -> None:
     included: an idle worker must not die of it (the kernel stops running
     batches itself, see :meth:`MultiprocessingBackend.abort`). The parent's
     sentinel is a pipe end that only the kernel holds open: it turns readable
-    when the kernel dies, even by SIGKILL, and the worker then exits.
+    when the kernel dies, even by SIGKILL, and the worker then exits. The worker
+    started with SIGINT blocked (:func:`_submit`): ignored now, a held one is dropped.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    batch.ignore_sigint()
     budget.apply(threads)  # the thread budget, before anything imports numpy
     parent = multiprocessing.parent_process()
     if parent is None:  # not started by multiprocessing: nothing to watch
@@ -235,8 +236,9 @@ class _Relay(Future):
 
 
 def _submit(executor: ProcessPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
-    """``executor.submit``, which starts a worker when none is idle (see :func:`_main_spec`)."""
-    with _main_spec():
+    """``executor.submit``, which starts a worker when none is idle (see :func:`_main_spec`);
+    a worker starts with SIGINT blocked, so the stop button cannot kill it while it imports."""
+    with _main_spec(), sigint_blocked():
         return executor.submit(fn, *args)
 
 

@@ -37,6 +37,9 @@ def publish_to_file(payload: Payload) -> FileRef:
     except Exception as exc:
         scratch.close()
         raise unsendable_error(payload.captured, exc) from None
+    except BaseException:  # the stop button while a big value is written: nothing stays open
+        scratch.close()
+        raise
     _published[scratch.path] = scratch
     return FileRef(payload.key, scratch.path, payload.env)
 
@@ -49,11 +52,23 @@ def unpublish_file(ref: PayloadRef) -> None:
             scratch.close()
 
 
+#: What a magic in a function's code becomes (IPython rewrites ``%pmap ...`` to a call on it).
+MAGIC_CALL = "get_ipython"
+
+
 def unsendable_error(captured: dict[str, Any], exc: Exception) -> UnsendableValueError:
     """The error naming the first captured value that cannot be pickled."""
     import cloudpickle
 
     for name, value in sorted(captured.items()):
+        if callable(value) and runs_a_magic(value):
+            return UnsendableValueError(
+                f"cannot send {name!r} to worker processes: it runs a magic (%pmap or "
+                "%%parallel), which only the kernel can run; a worker cannot start a parallel "
+                "run of its own. Inside the loop, call a plain version of it (a list "
+                f"comprehension instead of %pmap), or make the outer loop a plain one and keep "
+                f"the magic inside {name!r}."
+            )
         try:
             cloudpickle.dumps(value)
         except Exception as inner:
@@ -63,3 +78,24 @@ def unsendable_error(captured: dict[str, Any], exc: Exception) -> UnsendableValu
                 f"create it inside the loop body."
             )
     return UnsendableValueError(f"cannot send the loop to worker processes: {exc}")
+
+
+def runs_a_magic(func: Any, seen: set[int] | None = None) -> bool:
+    """Whether ``func``, or a notebook function it calls, runs a magic (``%pmap`` in its body)."""
+    seen = set() if seen is None else seen
+    code = getattr(func, "__code__", None)
+    if code is None or id(func) in seen:
+        return False
+    seen.add(id(func))
+    names = set(_names(code))
+    if MAGIC_CALL in names:
+        return True
+    glb = getattr(func, "__globals__", {})
+    return any(callable(glb.get(n)) and runs_a_magic(glb[n], seen) for n in names if n in glb)
+
+
+def _names(code: Any) -> Any:
+    yield from code.co_names
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            yield from _names(const)

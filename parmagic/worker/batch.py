@@ -595,6 +595,13 @@ def warm_up() -> int:
     return os.getpid()
 
 
+def ignore_sigint() -> None:
+    """Ignore SIGINT from now on, dropping one held while the worker started (it is unblocked)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def init_process(kernel_pid: int, threads: budget.ThreadBudget | None = None) -> None:
     """Initializer of every pool worker: die with the kernel, leave SIGINT to the batch,
     keep to the thread budget (``threads``, see :mod:`.budget`).
@@ -603,8 +610,10 @@ def init_process(kernel_pid: int, threads: budget.ThreadBudget | None = None) ->
     SIGKILL (loky's workers would otherwise wait for tasks forever). SIGINT, which the
     stop button sends to the kernel's whole process group, is ignored between batches:
     only a running batch stops for it (``run_batch``), and an idle worker survives.
+    The worker started with SIGINT blocked (a stop button during its imports is held,
+    see ``backends.base.sigint_blocked``): unblocked once ignored, it is dropped.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_sigint()
     budget.apply(threads)
     if sys.platform.startswith("linux"):
         try:

@@ -142,6 +142,10 @@ def aligned(pos: int, length: int) -> int:
 CACHE_LINE, PAGE = 64, 4096
 
 
+#: Big buffers are written in pieces of this size (one write of 500 MB holds the kernel ~0.3 s).
+WRITE_BYTES = 32 << 20
+
+
 def write_payload(f: Any, payload: Payload, dumps_with_buffers: Any) -> None:
     """Write ``payload`` to the open binary file ``f`` in the layout ``FileRef.load`` reads."""
     main, buffers = dumps_with_buffers(payload)
@@ -155,7 +159,8 @@ def write_payload(f: Any, payload: Payload, dumps_with_buffers: Any) -> None:
     for r in raws:
         start = aligned(pos, r.nbytes)
         f.write(b"\0" * (start - pos))
-        f.write(r)
+        for at in range(0, r.nbytes, WRITE_BYTES):  # in pieces: the stop button lands between
+            f.write(r[at : at + WRITE_BYTES])
         pos = start + r.nbytes
 
 
