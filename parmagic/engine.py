@@ -37,6 +37,7 @@ from .replay_output import replay, routed_in_kernel, settings
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
 from .streams import LoopStreams
 from .supervisor import Supervisor
+from .tracebacks import worker_frames, worker_traceback
 from .worker.batch import RoutingStream, run_batch
 from .worker.environment import capture_environment
 from .worker.protocol import RESERVED, BatchResult, Payload, PayloadRef
@@ -722,7 +723,8 @@ def _finish(run: LoopRun, namespace: dict[str, Any], options: Options, filename:
         if options.on_error == "collect":
             _raise_in_cell(CollectedErrors(run.failures), filename, step.lineno)
         k, exc, tb = run.first_error
-        _raise_in_cell(exc, filename, _cell_line(tb, filename) or step.lineno)
+        frames = worker_frames(tb or "", namespace)
+        _raise_in_cell(exc, filename, _cell_line(tb, filename) or step.lineno, frames)
     if step.orelse is not None:
         exec(step.orelse, namespace)
     if step.assign is not None:
@@ -734,13 +736,16 @@ def _finish(run: LoopRun, namespace: dict[str, Any], options: Options, filename:
     return run.accumulator if step.is_last_expr else None
 
 
-def _raise_in_cell(exc: BaseException, filename: str, lineno: int) -> NoReturn:
+def _raise_in_cell(
+    exc: BaseException, filename: str, lineno: int, frames: list | None = None
+) -> NoReturn:
     """Raise ``exc`` so that its traceback ends in the cell, at ``lineno``.
 
     IPython hides parmagic's frames (``__tracebackhide__``) but never the last one,
     so the last one is the cell's: the error shows the cell's line and source. An
     exception from an in-kernel backend keeps its real frames from the cell's on
-    (``%debug`` works); one from a worker process is raised by a stub compiled at
+    (``%debug`` works); one from a worker process gets stub frames of the worker's
+    ``frames`` (parmagic.tracebacks), from the cell's on, or else a stub compiled at
     the cell's line.
     """
     __tracebackhide__ = True
@@ -750,6 +755,8 @@ def _raise_in_cell(exc: BaseException, filename: str, lineno: int) -> NoReturn:
         tb = tb.tb_next
     if tb is not None:
         raise exc.with_traceback(tb)
+    if frames and frames[0][0] == filename:
+        raise exc.with_traceback(worker_traceback(exc, frames))
     stub = compile("\n" * max(0, lineno - 1) + f"raise {RESERVED}exc", filename, "exec")
     exec(stub, {f"{RESERVED}exc": exc.with_traceback(None)})
     raise exc  # not reached
