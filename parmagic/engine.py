@@ -151,11 +151,12 @@ def run_plan(plan: CellPlan, cell: CellRun, loop_runner: Any = None) -> Any:
     return value
 
 
-def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
+def run_loop(step: LoopStep, cell: CellRun, dry: bool = False, label: str = "") -> Any:
     """Run one parallel loop to the end, commit it, bind what plain Python would bind.
 
     ``dry`` runs the iterations for timing only (``--compare``/``--sweep``): no effect
-    is applied, no output shown, nothing bound; it returns the run record.
+    is applied, no output shown, nothing bound, progress shown under ``label``; it
+    returns the run record.
     """
     __tracebackhide__ = True
     options, namespace = cell.options, cell.namespace
@@ -169,7 +170,7 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         step=step,
         cell=cell,
         backend=backend,
-        listener=_SilentListener() if dry else cell.listener(step.source_line),
+        listener=_TimingListener(cell.listener(label)) if dry else cell.listener(step.source_line),
         record=RunRecord(step.source_line, backend.name, backend.n_workers, _length(iterable)),
         replay=_make_replays(step, namespace, cell.filename, accumulator, dry),
         accumulator=accumulator,
@@ -214,6 +215,25 @@ class _SilentListener(PlainListener):
 
     def on_display(self, index: int, data: dict, metadata: dict, **kwargs: Any) -> None:
         """Dropped."""
+
+
+class _TimingListener(_SilentListener):
+    """A dry run's display: its progress (``shown``, a bar or a line), not its output."""
+
+    def __init__(self, shown: RunListener) -> None:
+        self.shown = shown
+
+    def on_start(self, record: RunRecord) -> None:
+        """Passed on."""
+        self.shown.on_start(record)
+
+    def on_progress(self, record: RunRecord, busy: int) -> None:
+        """Passed on."""
+        self.shown.on_progress(record, busy)
+
+    def on_finish(self, record: RunRecord) -> None:
+        """Passed on."""
+        self.shown.on_finish(record)
 
 
 @contextlib.contextmanager

@@ -165,3 +165,27 @@ def test_the_python_api_can_be_silent(kc: Any) -> None:
     assert ex.stream("stdout") == "" and ex.stream("stderr") == ""
     assert ex.displays() == [] and not ex.of_type("comm_open")
     assert ex.results() == [{"text/plain": "361"}]
+
+
+@pytest.mark.parametrize("flag", ["--compare", "--sweep 1,2"])
+def test_timing_runs_show_their_progress(kc: Any, flag: str) -> None:
+    """--compare and --sweep: a live bar during each timing run, left as its final state."""
+    defined(kc, "import time")
+    ex = execute(
+        kc, f"%%parallel -n 2 {flag}\nout = []\nfor i in range(12):\n    time.sleep(0.05)\n"
+    )
+    assert ex.ok, ex.error()
+    shown = [
+        (m["msg_type"], m["content"]["data"].get("text/plain", ""))
+        for _, m in ex.messages
+        if m["msg_type"] in ("display_data", "update_display_data")
+    ]
+    timing = "serial timing: " if flag == "--compare" else "timing -n 1: "
+    first = [i for i, (_, text) in enumerate(shown) if timing in text]
+    real = [i for i, (_, text) in enumerate(shown) if text.startswith("[parmagic] for i in")]
+    assert first and real and first[0] < real[0], shown
+    # live: the timing bar's widget opened before it ended as a static bar
+    opened = [t for t, m in ex.of_type("comm_open")]
+    ended = [t for t, m in ex.of_type("update_display_data") if timing in str(m["content"]["data"])]
+    assert opened and ended and opened[0] < ended[0]
+    assert "100%" in shown[first[-1]][1], shown
