@@ -161,7 +161,7 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False, label: str = "") 
     __tracebackhide__ = True
     options, namespace = cell.options, cell.namespace
     check_conditions(step.analysis, namespace)
-    iterable = eval(step.iterable, namespace)
+    iterable, user_bar = _unwrap_tqdm(eval(step.iterable, namespace))
     if dry and options.compare_sample:
         iterable = list(itertools.islice(iter(iterable), options.compare_sample))
     backend = cell.backend_factory(options)
@@ -170,7 +170,7 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False, label: str = "") 
         step=step,
         cell=cell,
         backend=backend,
-        listener=_TimingListener(cell.listener(label)) if dry else cell.listener(step.source_line),
+        listener=_display(step, cell, dry, label, user_bar),
         record=RunRecord(step.source_line, backend.name, backend.n_workers, _length(iterable)),
         replay=_make_replays(step, namespace, cell.filename, accumulator, dry),
         accumulator=accumulator,
@@ -205,6 +205,27 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False, label: str = "") 
             raise run.failures[0][2]
         return run.record
     return _finish(run, namespace, options, cell.filename)
+
+
+def _unwrap_tqdm(iterable: Any) -> tuple[Any, Any]:
+    """``for x in tqdm(xs)``: the engine takes from ``xs``; the user's bar follows commits."""
+    from .display import unwrap_tqdm
+
+    return unwrap_tqdm(iterable)
+
+
+def _display(step: LoopStep, cell: CellRun, dry: bool, label: str, user_bar: Any) -> RunListener:
+    """The loop's display: its bar (or the user's tqdm bar) and summary; a dry run's progress."""
+    if user_bar is None:
+        shown = cell.listener(label if dry else step.source_line)
+    else:  # the user's bar is the one shown: parmagic's own shows no second one
+        from .display import TqdmFollower
+
+        if dry and label:
+            user_bar.set_description(label.split(":")[0], refresh=False)
+        quiet = cell.with_options(cell.options.with_changes(progress=False))
+        shown = TqdmFollower(user_bar, quiet.listener(step.source_line))
+    return _TimingListener(shown) if dry else shown
 
 
 class _SilentListener(PlainListener):

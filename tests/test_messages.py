@@ -189,3 +189,22 @@ def test_timing_runs_show_their_progress(kc: Any, flag: str) -> None:
     ended = [t for t, m in ex.of_type("update_display_data") if timing in str(m["content"]["data"])]
     assert opened and ended and opened[0] < ended[0]
     assert "100%" in shown[first[-1]][1], shown
+
+
+def test_a_tqdm_wrapped_iterable_shows_one_bar_that_follows_commits(kc: Any) -> None:
+    """``for x in tqdm(xs)``: the user's tqdm bar is the only bar, and it ends at the total."""
+    defined(kc, "import time\nfrom tqdm.auto import tqdm")
+    ex = execute(
+        kc,
+        "%%parallel -n 2\nout = []\nfor x in tqdm(range(16)):\n"
+        "    time.sleep(0.03)\n    out.append(x)\nlen(out)",
+    )
+    assert ex.ok, ex.error()
+    (bar,) = ex.bar_ids()  # tqdm.notebook's progress widget; parmagic draws none
+    values = [v for _, v in ex.updates(bar, "value")]
+    assert values == sorted(values) and values[-1] == 16, values
+    assert ex.final_state(bar)["bar_style"] == "success"
+    texts = [d.get("text/plain", "") for d in ex.displays()]
+    assert not any("it/s]" in t and t.startswith("[parmagic]") for t in texts), texts
+    assert not any("%|" in t for t in texts if "parmagic" in t), texts  # no parmagic bar
+    assert ex.results()[-1]["text/plain"] == "16"
