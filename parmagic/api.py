@@ -21,7 +21,7 @@ def listener_factory(options: Options, label: str) -> RunListener:
         from .display import make_listener
     except ImportError:  # display layer not available: output only
         return PlainListener()
-    return make_listener(progress=options.progress, label=label)
+    return make_listener(progress=options.progress, label=label, summary=options.summary)
 
 
 @takes_options

@@ -1,7 +1,8 @@
 """``--compare`` and ``--sweep``: time a loop serially or at several worker counts.
 
 The timing runs are dry: they run the iterations but apply no effect, show no
-output and bind nothing, so the cell's state comes only from the one real run.
+output and bind nothing (only their progress is shown, under its own label), so the
+cell's state comes only from the one real run.
 Code that acts outside the kernel (files, network) runs once per timing run.
 """
 
@@ -31,18 +32,23 @@ def run_plan_compared(plan: CellPlan, cell: CellRun) -> Any:
 
 
 def _timing_runs(step: LoopStep, cell: CellRun) -> dict:
+    """The serial and sweep runs, each with its progress shown under its own label."""
     __tracebackhide__ = True
     timings: dict[str, Any] = {}
-    options = cell.options
+    options, label = cell.options, step.source_line
     if options.compare:
-        serial = cell.with_options(options.with_changes(backend="serial", scheduler=None))
+        serial = cell.with_options(
+            options.with_changes(backend="serial", scheduler=None, summary=False)
+        )
         t0 = time.perf_counter()
-        record = engine.run_loop(step, serial, dry=True)
+        record = engine.run_loop(step, serial, dry=True, label=f"serial timing: {label}")
         timings["serial"] = (time.perf_counter() - t0, record)
     for n in options.sweep:
-        sweep = cell.with_options(options.with_changes(n_jobs=n, compare=False, sweep=()))
+        sweep = cell.with_options(
+            options.with_changes(n_jobs=n, compare=False, sweep=(), summary=False)
+        )
         t0 = time.perf_counter()
-        engine.run_loop(step, sweep, dry=True)
+        engine.run_loop(step, sweep, dry=True, label=f"timing -n {n}: {label}")
         timings.setdefault("sweep", []).append((n, time.perf_counter() - t0))
     return timings
 

@@ -143,6 +143,10 @@ class TqdmFollower:
         with self.bar.external_write_mode():
             self.listener.on_output(index, stream, text)
 
+    def on_display(self, index: int, data: dict, metadata: dict, **kwargs: Any) -> None:
+        """Pass on (a rich output of an iteration)."""
+        self.listener.on_display(index, data, metadata, **kwargs)
+
     def on_finish(self, record: RunRecord) -> None:
         """Final count, close the bar, then the listener's end (the summary)."""
         self._advance(record)

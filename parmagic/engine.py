@@ -38,6 +38,7 @@ from .replay_output import replay, routed_in_kernel, settings
 from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
 from .streams import LoopStreams
 from .supervisor import Supervisor
+from .tracebacks import worker_frames, worker_traceback
 from .worker.batch import RoutingStream, run_batch
 from .worker.environment import capture_environment
 from .worker.protocol import RESERVED, BatchResult, Payload, PayloadRef
@@ -155,16 +156,17 @@ def run_plan(plan: CellPlan, cell: CellRun, loop_runner: Any = None) -> Any:
     return value
 
 
-def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
+def run_loop(step: LoopStep, cell: CellRun, dry: bool = False, label: str = "") -> Any:
     """Run one parallel loop to the end, commit it, bind what plain Python would bind.
 
     ``dry`` runs the iterations for timing only (``--compare``/``--sweep``): no effect
-    is applied, no output shown, nothing bound; it returns the run record.
+    is applied, no output shown, nothing bound, progress shown under ``label``; it
+    returns the run record.
     """
     __tracebackhide__ = True
     options, namespace = cell.options, cell.namespace
     check_conditions(step.analysis, namespace)
-    iterable = eval(step.iterable, namespace)
+    iterable, user_bar = _unwrap_tqdm(eval(step.iterable, namespace))
     if dry and options.compare_sample:
         iterable = list(itertools.islice(iter(iterable), options.compare_sample))
     backend = cell.backend_factory(options)
@@ -173,7 +175,7 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         step=step,
         cell=cell,
         backend=backend,
-        listener=_SilentListener() if dry else cell.listener(step.source_line),
+        listener=_display(step, cell, dry, label, user_bar),
         record=RunRecord(step.source_line, backend.name, backend.n_workers, _length(iterable)),
         replay=_make_replays(step, namespace, cell.filename, accumulator, dry),
         accumulator=accumulator,
@@ -256,6 +258,27 @@ class _Source:
             raise StopIteration from None
 
 
+def _unwrap_tqdm(iterable: Any) -> tuple[Any, Any]:
+    """``for x in tqdm(xs)``: the engine takes from ``xs``; the user's bar follows commits."""
+    from .display import unwrap_tqdm
+
+    return unwrap_tqdm(iterable)
+
+
+def _display(step: LoopStep, cell: CellRun, dry: bool, label: str, user_bar: Any) -> RunListener:
+    """The loop's display: its bar (or the user's tqdm bar) and summary; a dry run's progress."""
+    if user_bar is None:
+        shown = cell.listener(label if dry else step.source_line)
+    else:  # the user's bar is the one shown: parmagic's own shows no second one
+        from .display import TqdmFollower
+
+        if dry and label:
+            user_bar.set_description(label.split(":")[0], refresh=False)
+        quiet = cell.with_options(cell.options.with_changes(progress=False))
+        shown = TqdmFollower(user_bar, quiet.listener(step.source_line))
+    return _TimingListener(shown) if dry else shown
+
+
 class _SilentListener(PlainListener):
     """Swallows output: a dry run shows nothing."""
 
@@ -264,6 +287,25 @@ class _SilentListener(PlainListener):
 
     def on_display(self, index: int, data: dict, metadata: dict, **kwargs: Any) -> None:
         """Dropped."""
+
+
+class _TimingListener(_SilentListener):
+    """A dry run's display: its progress (``shown``, a bar or a line), not its output."""
+
+    def __init__(self, shown: RunListener) -> None:
+        self.shown = shown
+
+    def on_start(self, record: RunRecord) -> None:
+        """Passed on."""
+        self.shown.on_start(record)
+
+    def on_progress(self, record: RunRecord, busy: int) -> None:
+        """Passed on."""
+        self.shown.on_progress(record, busy)
+
+    def on_finish(self, record: RunRecord) -> None:
+        """Passed on."""
+        self.shown.on_finish(record)
 
 
 @contextlib.contextmanager
@@ -824,7 +866,8 @@ def _finish(
         if options.on_error == "collect":
             _raise_in_cell(CollectedErrors(run.failures), filename, step.lineno)
         k, exc, tb = run.first_error
-        _raise_in_cell(exc, filename, _cell_line(tb, filename) or step.lineno)
+        frames = worker_frames(tb or "", namespace)
+        _raise_in_cell(exc, filename, _cell_line(tb, filename) or step.lineno, frames)
     if source_error is not None:
         _raise_in_cell(source_error, filename, step.lineno, keep_traceback=True)
     if step.orelse is not None:
@@ -839,14 +882,19 @@ def _finish(
 
 
 def _raise_in_cell(
-    exc: BaseException, filename: str, lineno: int, keep_traceback: bool = False
+    exc: BaseException,
+    filename: str,
+    lineno: int,
+    frames: list | None = None,
+    keep_traceback: bool = False,
 ) -> NoReturn:
     """Raise ``exc`` so that its traceback ends in the cell, at ``lineno``.
 
     IPython hides parmagic's frames (``__tracebackhide__``) but never the last one,
     so the last one is the cell's: the error shows the cell's line and source. An
     exception from an in-kernel backend keeps its real frames from the cell's on
-    (``%debug`` works); one from a worker process is raised by a stub compiled at
+    (``%debug`` works); one from a worker process gets stub frames of the worker's
+    ``frames`` (parmagic.tracebacks), from the cell's on, or else a stub compiled at
     the cell's line.
     """
     __tracebackhide__ = True
@@ -856,6 +904,8 @@ def _raise_in_cell(
         tb = tb.tb_next
     if tb is not None:
         raise exc.with_traceback(tb)
+    if frames and frames[0][0] == filename:
+        raise exc.with_traceback(worker_traceback(exc, frames))
     stub = compile("\n" * max(0, lineno - 1) + f"raise {RESERVED}exc", filename, "exec")
     # keep_traceback: the frames below the loop's line that are the user's own (a generator
     # that raised in the kernel), parmagic's dropped

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import shlex
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -30,6 +32,7 @@ from .options import (
     set_defaults,
     spell,
 )
+from .tracebacks import show_from_cell
 
 
 class _HelpFormatter(MagicHelpFormatter):
@@ -214,15 +217,18 @@ class ParallelMagics(Magics):
         options = options_from_args(args)
         full = f"%%parallel {line}\n{cell}"
         source = self.shell.transform_cell(cell)
-        filename = self.shell.compile.cache(full, self.shell.execution_count)
-        return api.run_cell(
-            source,
-            self.shell.user_ns,
-            filename=filename,
-            line_offset=1,
-            display_source=full,
-            **options,
-        )
+        filename = self.shell.compile.cache(full, cell_number(self.shell))
+        if not _parses(self.shell, "\n" + source, filename):
+            return None
+        with shown_from_cell(filename):
+            return api.run_cell(
+                source,
+                self.shell.user_ns,
+                filename=filename,
+                line_offset=1,
+                display_source=full,
+                **options,
+            )
 
     @magic_arguments()
     @_usage("%pmap [options] f(x) for x in xs", "%pmap [options] func, xs[, ys ...]")
@@ -252,8 +258,9 @@ class ParallelMagics(Magics):
             raise UsageError("%pmap needs an expression: %pmap f(x) for x in xs, or %pmap func, xs")
         if _is_comprehension(expression):
             source = f"[{expression}]"
-            filename = self.shell.compile.cache(source, self.shell.execution_count)
-            return api.run_cell(source, self.shell.user_ns, filename=filename, **options)
+            filename = self.shell.compile.cache(source, cell_number(self.shell))
+            with shown_from_cell(filename):
+                return api.run_cell(source, self.shell.user_ns, filename=filename, **options)
         func, iterables = self._func_and_iterables(expression)
         return api.pmap(func, *iterables, **options)
 
@@ -310,6 +317,51 @@ def _refuse_inside_a_worker(magic: str) -> None:
             "a parallel run of its own. Call a plain version there (a list comprehension "
             f"instead of %pmap), or make the outer loop a plain one and keep {magic} inside."
         )
+
+
+def cell_number(shell: Any) -> int:
+    """The ``In[N]`` number of the cell running now (what IPython's tracebacks call it).
+
+    IPython counts a cell before it runs it (``execution_count`` is already the next
+    one), so the number is read where IPython wrote it: the running cell's code file.
+    """
+    numbers = getattr(shell.compile, "_filename_map", {})
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename in numbers:
+            return numbers[frame.f_code.co_filename]
+        frame = frame.f_back
+    return shell.execution_count
+
+
+def _parses(shell: Any, source: str, filename: str) -> bool:
+    """Parse the cell first: a syntax error is shown as IPython shows a plain cell's.
+
+    Raised out of the magic, IPython would list the magic's frames above it; shown here
+    (``showsyntaxerror``, no frames) and noted on the cell's result, the cell still
+    ends in error.
+    """
+    try:
+        ast.parse(source, filename)
+    except SyntaxError as exc:
+        result = getattr(shell.displayhook, "exec_result", None)
+        if result is None:  # not inside a cell IPython runs: raise it as it is
+            raise
+        shell.showsyntaxerror()
+        result.error_in_exec = exc.with_traceback(None)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def shown_from_cell(filename: str) -> Iterator[None]:
+    """An error out of the cell is shown from the cell's own frame on (no magic frames)."""
+    __tracebackhide__ = True
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as exc:
+        show_from_cell(exc, filename)
+        raise
 
 
 def _is_comprehension(expression: str) -> bool:

@@ -69,9 +69,7 @@ def plan_cell(
     module_names: frozenset[str] = frozenset(),
 ) -> CellPlan:
     """Analyse and rewrite a whole cell; raises RefusedLoopError before anything runs."""
-    tree = ast.parse(source, filename)
-    if line_offset:
-        ast.increment_lineno(tree, line_offset)
+    tree = ast.parse("\n" * line_offset + source, filename)  # a syntax error names its line
     lines = ("\n" * line_offset + source).splitlines()
     modules = module_names | _imported_names(tree)
     plan = CellPlan()

@@ -48,7 +48,12 @@ CELLS = [
     "%%parallel -n 2\nsquares = []\nfor i in range(24):\n    time.sleep(0.25)\n"
     "    squares.append(i * i)",
     "sum(squares)",
+    "def f(x):\n    return 1 / (x - 2)",
+    "%%parallel -n 2 --compare\nfor i in range(16):\n    time.sleep(0.2)",
+    "%%parallel -n 2\nfor i in range(4):\n    f(i)",  # last: "run all" stops at its error
 ]
+#: The cells after the first loop: a function, a --compare loop, a loop that fails in f.
+DEF_CELL, COMPARE_CELL, ERROR_CELL = 3, 4, 5
 LIVE_BAR = ".jp-OutputArea-output .jupyter-widgets.widget-html .parmagic-bar"
 STATIC_BAR = ".jp-RenderedHTMLCommon .parmagic-bar"  # an HTML output (same element as the output)
 
@@ -256,12 +261,14 @@ def browser(playwright_api):
 RECORD_JS = """() => {
   window.__bars = [];
   new MutationObserver(() => {
-    const fill = document.querySelector('.widget-html .parmagic-bar-fill');
+    const cell = document.querySelectorAll('.jp-CodeCell')[1];
+    const fill = cell && cell.querySelector('.widget-html .parmagic-bar-fill');
     if (fill) window.__bars.push({t: performance.now(), width: fill.style.width});
   }).observe(document.body, {subtree: true, childList: true, attributes: true});
 }"""
 
-BAR_WIDTH_JS = """() => { const b = document.querySelector('.widget-html .parmagic-bar-fill');
+BAR_WIDTH_JS = """() => { const c = document.querySelectorAll('.jp-CodeCell')[1];
+                         const b = c && c.querySelector('.widget-html .parmagic-bar-fill');
                          return b ? parseFloat(b.style.width) : null; }"""
 
 
@@ -346,7 +353,45 @@ def run_all_and_check(page, errors, shots: bool) -> None:
     assert summary.locator("svg text", has_text="pid ").count() == 2  # a timeline row per worker
     assert summary.locator("svg rect").count() >= 2
     assert "speedup" in summary.inner_text()
+    check_compare(page, shots)
+    check_error(page, shots)
     assert not errors, errors
+
+
+def check_compare(page, shots: bool) -> None:
+    """--compare: a live bar during its serial timing run, before the parallel one."""
+    cell = page.locator(".jp-CodeCell").nth(COMPARE_CELL)
+    serial = cell.locator(".widget-html .parmagic-bar", has_text="serial timing")
+    serial.wait_for(timeout=60_000)
+    assert cell.locator(".parmagic-compare").count() == 0  # still the serial run
+    if shots:
+        save_shot(cell, "compare-serial-run.png")
+    cell.locator(".parmagic-compare").wait_for(timeout=60_000)
+    text = cell.locator(".jp-OutputArea").inner_text()
+    assert text.index("serial timing") < text.index("serial vs parallel"), text
+
+
+def check_error(page, shots: bool) -> None:
+    """The failing cell's traceback: its own In[N], its line, then f's cell and line."""
+    cell = page.locator(".jp-CodeCell").nth(ERROR_CELL)
+    error = cell.locator(".jp-OutputArea-output[data-mime-type*='stderr']")
+    error.wait_for(timeout=60_000)
+    text = error.inner_text()
+    n = number_of(page, ERROR_CELL)
+    assert text.index(f"Cell In[{n}], line 3") < text.index("ZeroDivisionError: division"), text
+    assert "----> 3     f(i)" in text, text
+    assert f"Cell In[{number_of(page, DEF_CELL)}], line 2, in f(x)" in text, text
+    assert "----> 2     return 1 / (x - 2)" in text, text
+    for noise in ("run_cell_magic", "RemoteTraceback", "hidden", "ipykernel_", "parmagic/"):
+        assert noise not in text, (noise, text)
+    if shots:
+        save_shot(cell, "traceback.png")
+
+
+def number_of(page, index: int) -> int:
+    """The In[N] number the page shows for a cell ("[N]:" in its prompt)."""
+    prompt = page.locator(".jp-CodeCell").nth(index).locator(".jp-InputPrompt").inner_text()
+    return int(prompt.strip().strip("[]:"))
 
 
 def check_final_bar(page, loop_cell) -> None:
@@ -390,12 +435,23 @@ def reopen_without_kernel(page, server) -> None:
     page.locator(".jp-CodeCell").nth(1).locator(STATIC_BAR).wait_for(timeout=60_000)
 
 
+def check_reopened(page) -> None:
+    """After the reload without a kernel: every bar is its static final state, the
+    --compare cell's serial timing bar too, and the traceback is still there."""
+    check_final_bar(page, page.locator(".jp-CodeCell").nth(1))
+    compare = page.locator(".jp-CodeCell").nth(COMPARE_CELL)
+    compare.locator(f"{STATIC_BAR}.parmagic-success", has_text="serial timing").wait_for()
+    assert page.locator(".jupyter-widgets").count() == 0
+    error = page.locator(".jp-CodeCell").nth(ERROR_CELL).locator(".jp-OutputArea")
+    assert "----> 3     f(i)" in error.inner_text()
+
+
 def test_parallel_cell_shows_live_bar_then_static_final_bar_and_summary(browser, lab):
     page, errors = open_notebook(browser, lab)
     run_all_and_check(page, errors, shots=True)
     reopen_without_kernel(page, lab)
+    check_reopened(page)
     loop_cell = page.locator(".jp-CodeCell").nth(1)
-    check_final_bar(page, loop_cell)
     loop_cell.locator(".parmagic-summary svg").wait_for(timeout=30_000)
     save_shot(loop_cell, "reopened.png")
     assert not errors, errors
@@ -405,7 +461,8 @@ def test_parallel_cell_shows_live_bar_then_static_final_bar_and_summary(browser,
 def test_notebook7_shows_live_bar_then_static_final_bar(browser, notebook7):
     page, errors = open_notebook(browser, notebook7)
     run_all_and_check(page, errors, shots=False)
+    save_shot(page.locator(".jp-Notebook"), "notebook7.png")
     reopen_without_kernel(page, notebook7)
-    check_final_bar(page, page.locator(".jp-CodeCell").nth(1))
+    check_reopened(page)
     assert not errors, errors
     page.close()

@@ -127,11 +127,11 @@ def test_exception_commits_prefix_and_shows_the_cells_own_lines(km: Any, kc: Any
     error = ex.error()
     assert (error["ename"], error["evalue"]) == ("ValueError", "bad 6")
     text = traceback_text(ex)
-    # the worker's traceback: the cell's line 6 and its source
-    assert "iteration 6 failed" in text
-    assert re.search(r"line 6, in <module>\n\s+raise ValueError\(f\'bad \{i\}\'\)", text), text
-    # the kernel's traceback ends on the cell itself, not in parmagic
-    assert re.search(r"Cell In\[\d+\], line 6\n", text), text
+    # as a plain cell's: the cell's own In[N] and line 6 with its source, first thing shown
+    n = ex.reply["content"]["execution_count"]
+    assert re.search(rf"Traceback \(most recent call last\)\nCell In\[{n}\], line 6\n", text), text
+    assert "RemoteTraceback" not in text and "run_cell_magic" not in text, text
+    assert "skipping hidden" not in text, text
     assert "----> 6         raise ValueError(f'bad {i}')" in text, text
     assert "parmagic/" not in text and "__pm_" not in text, text
     assert value(kc, "r_exc") == [0, 1, 2, 3, 4, 5]

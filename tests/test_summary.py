@@ -355,3 +355,20 @@ def test_no_text_is_drawn_in_a_fixed_colour():
     used = set(re.findall(r"#[0-9a-fA-F]{6}", html_text))
     known = {*OUTCOME_COLOURS.values(), *STATUS_COLOURS.values(), NEUTRAL_COLOUR, BADGE_TEXT}
     assert used <= known, used - known
+
+
+@pytest.mark.parametrize("outcome", [None, *sorted(OUTCOME_COLOURS)])
+def test_the_progress_bar_uses_only_checked_colours(outcome):
+    # the live bar and each final one: fills and badges from the checked colours above,
+    # text in the theme's colour (the track's border too: currentColor)
+    from parmagic.progress import Progress
+    from parmagic.widgets import bar_html
+
+    record = two_worker_record("error" if outcome == "error" else "success", failed=range(1, 2))
+    progress = Progress.for_record(record, clock=lambda: 100.0)
+    progress.observe(record, 1)
+    html_text = bar_html(progress, "for i in range(8)", outcome)
+    colours = set(re.findall(r"(?<![-\w])color:\s*(#[0-9a-fA-F]{6})", html_text))
+    assert colours <= {BADGE_TEXT}, colours
+    used = set(re.findall(r"#[0-9a-fA-F]{6}", html_text))
+    assert used and used <= {*OUTCOME_COLOURS.values(), BADGE_TEXT}, used

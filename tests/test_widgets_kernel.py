@@ -243,7 +243,7 @@ def test_compare_and_sweep_are_displayed(kc):
     html_outputs = [d.get("text/html", "") for d in cell.displays()]
     assert any("parmagic-compare" in h and "<svg" in h for h in html_outputs)
     assert any("parmagic-sweep" in h and "parmagic-legend" in h for h in html_outputs)
-    assert len(bar_ids(cell)) == 1  # timing runs show no bar
+    assert len(bar_ids(cell)) == 4  # the serial run, the runs at -n 1 and 2, the real run
 
 
 def test_output_shown_in_iteration_order(kc):
