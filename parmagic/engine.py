@@ -797,7 +797,7 @@ def _raise_in_cell(
     if tb is not None:
         raise exc.with_traceback(tb)
     if frames and frames[0][0] == filename:
-        raise exc.with_traceback(worker_traceback(exc, frames))
+        raise exc.with_traceback(worker_traceback(frames))
     stub = compile("\n" * max(0, lineno - 1) + f"raise {RESERVED}exc", filename, "exec")
     exec(stub, {f"{RESERVED}exc": exc.with_traceback(None)})
     raise exc  # not reached

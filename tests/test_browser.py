@@ -326,10 +326,14 @@ def distinct_widths(records: list[dict]) -> list[tuple[float, float]]:
     return widths
 
 
+#: The screenshots the README shows (docs/img/); the others stay in artifacts/ only.
+README_SHOTS = {"progress-live.png", "summary.png", "compare-serial-run.png", "traceback.png"}
+
+
 def save_shot(locator, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     locator.screenshot(path=str(SHOTS / name))
-    if os.environ.get("PARMAGIC_README_SHOTS"):
+    if os.environ.get("PARMAGIC_README_SHOTS") and name in README_SHOTS:
         DOC_IMAGES.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SHOTS / name, DOC_IMAGES / name)
 
