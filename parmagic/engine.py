@@ -905,7 +905,7 @@ def _raise_in_cell(
     if tb is not None:
         raise exc.with_traceback(tb)
     if frames and frames[0][0] == filename:
-        raise exc.with_traceback(worker_traceback(exc, frames))
+        raise exc.with_traceback(worker_traceback(frames))
     stub = compile("\n" * max(0, lineno - 1) + f"raise {RESERVED}exc", filename, "exec")
     # keep_traceback: the frames below the loop's line that are the user's own (a generator
     # that raised in the kernel), parmagic's dropped

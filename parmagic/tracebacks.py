@@ -50,8 +50,8 @@ def worker_frames(text: str, namespace: dict[str, Any]) -> list[Frame]:
     return frames
 
 
-def worker_traceback(exc: BaseException, frames: list[Frame]) -> types.TracebackType | None:
-    """A traceback of stub frames, one per worker frame (``exc`` is raised at the last)."""
+def worker_traceback(frames: list[Frame]) -> types.TracebackType | None:
+    """A traceback of stub frames, one per worker frame, for the exception raised there."""
     return _chain(_stub_entries(frames))
 
 
