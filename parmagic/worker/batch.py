@@ -131,6 +131,26 @@ class _BatchState:
         # the body calls mark(perf_counter()) per iteration: a bare list.append when it can
         self.mark = self._mark_and_arm if timeout or track else result.marks.append
         self.tracker: ItemTracker | None = None
+        self.split = False
+
+    def split_iterations(self) -> None:
+        """--cache: as each iteration starts, note the effects and locals the one before left.
+
+        Installed last (over the tracking and timeout marks): the body calls it directly,
+        so its caller's frame is the body's.
+        """
+        self.split = True
+        inner, result = self.mark, self.result
+
+        def mark(now: float) -> None:
+            if result.marks:
+                frame = sys._getframe(1)
+                result.splits.append(
+                    (self.current, len(result.effects), _user_locals(frame.f_locals))
+                )
+            inner(now)
+
+        self.mark = mark
 
     def track_items(self, items: list, single_effect: bool) -> None:
         """Compare each non-atomic item before and after its iteration (process workers)."""
@@ -186,6 +206,8 @@ class _BatchState:
         self.mark = self._mark_and_arm if self.timeout or self.track else result.marks.append
         if self.tracker is not None:  # compare the items again, from the new start
             self.track_items(self.tracker.items, self._single)
+        if self.split:
+            self.split_iterations()
 
     @property
     def current(self) -> int:
@@ -277,6 +299,8 @@ def run_batch(
         state.stop_at = stop_at_effect
     elif payload.track_changes and not all(is_atomic(item) for item in items):
         state.track_items(items, payload.effect_sites == 1)  # ints, strings: nothing to track
+    if payload.split and stop_at_effect is None:
+        state.split_iterations()
     watch = _cache.watch if stop_at_effect is None and _cache.watch is not None else None
     before = watch.snapshot() if watch is not None and watch.watched else None
     if slot is not None and not track:
@@ -359,6 +383,7 @@ def _concat(parts: list[BatchResult]) -> BatchResult:
             dataclasses.replace(c, effects_before=c.effects_before + n) for c in part.item_changes
         ]
         out.marks += part.marks
+        out.splits += [(k, before + n, names) for k, before, names in part.splits]
         out.end = part.end
         out.errors += part.errors
         out.locals.update(part.locals)

@@ -1,0 +1,574 @@
+"""Resume (``--cache``): finished iterations kept on disk and replayed on a rerun.
+
+Pure: no IPython. Three parts:
+
+- **Keys.** A loop's key is a sha256 over its body and target (as ``ast.unparse``
+  writes them: comments and spacing do not count), and a fingerprint of each captured
+  value. An iteration's entry is named by its index and a fingerprint of its item. The
+  iterable's own expression is not in the key, so ``range(25)`` after ``range(20)``
+  finds the first twenty.
+- **Fingerprints** (:class:`Fingerprinter`). A value's is a hash of its pickle (NumPy
+  buffers hashed where they lie, sets by their sorted elements). A function or class
+  defined in the notebook (or in a module beside it) counts by its code: bytecode,
+  constants, names, defaults, closure, and the globals it reads, followed into the
+  functions and classes they name (cycle-safe). File names and line numbers do not
+  count, so a function defined again in a new kernel matches its old fingerprint.
+- **The store** (:class:`Store`). One file per iteration in ``<folder>/<loop key>/``,
+  written to a temporary file in that folder then renamed (atomic), mode 0600 (folders
+  0700). Each entry is a pickle behind an HMAC-SHA256 whose key lives in the user's own
+  ``~/.cache/parmagic/key`` (0600): an entry is unpickled only when its HMAC checks, so a
+  file someone else wrote is never executed. A folder owned by someone else, or writable
+  by group or others, is refused (:class:`CacheError`). A damaged entry reads as missing
+  and is computed again. Oldest entries go first past :data:`MAX_BYTES`.
+"""
+
+from __future__ import annotations
+
+import dis
+import hashlib
+import hmac
+import io
+import json
+import os
+import pickle
+import secrets
+import stat
+import sys
+import tempfile
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CacheError
+
+#: Bump when the entry layout or the key recipe changes: old entries then never match.
+VERSION = 1
+#: The folder ``--cache`` alone uses, in the kernel's working directory (the notebook's).
+FOLDER_NAME = ".parmagic-cache"
+#: Size limit of a cache folder; past it the oldest entries are removed (a module
+#: constant: set ``parmagic.cache.MAX_BYTES`` to change it).
+MAX_BYTES = 1 << 30
+MAGIC = b"PMC1"
+SUFFIX = ".pmc"
+META = "loop.json"
+_DIGEST = hashlib.sha256().digest_size
+
+
+class Unhashable(Exception):
+    """A value that cannot be fingerprinted (it cannot be pickled); the message names it."""
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def is_notebook_object(obj: Any) -> bool:
+    """True for a function or class that counts by its code: defined in the notebook
+    (``__main__``, or an ``exec`` namespace) or in a user module beside it."""
+    if not isinstance(obj, types.FunctionType | type):
+        return False
+    module_name = getattr(obj, "__module__", None)
+    if module_name in (None, "__main__"):
+        return True
+    module = sys.modules.get(module_name)
+    if module is None or _lookup(module, getattr(obj, "__qualname__", "")) is not obj:
+        return True  # not importable by name: pickle could not find it either
+    if module_name == "parmagic" or module_name.startswith("parmagic."):
+        return False
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str):
+        return False
+    from .worker.environment import is_user_file
+
+    return is_user_file(file)
+
+
+def _lookup(module: Any, qualname: str) -> Any:
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+class _Sink:
+    """A file that feeds what is written to it into a hash."""
+
+    def __init__(self, h: Any):
+        self.h = h
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        return len(data)
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict, complex})
+
+
+class _HashingPickler(pickle.Pickler):
+    """Pickles into a hash: notebook code by fingerprint, modules by name, sets sorted."""
+
+    def __init__(self, fingerprinter: Fingerprinter, h: Any):
+        super().__init__(_Sink(h), protocol=5, buffer_callback=self._buffer)
+        self.fingerprinter = fingerprinter
+        self.h = h
+
+    def _buffer(self, buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()  # a NumPy array's memory, hashed where it lies
+        self.h.update(raw.nbytes.to_bytes(8, "little"))
+        self.h.update(raw)
+        return False
+
+    def persistent_id(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind in _PLAIN:
+            return None
+        if kind is set or kind is frozenset:  # element order follows string hashes: sort
+            return (kind.__name__, sorted(self.fingerprinter.value(e) for e in obj))
+        if isinstance(obj, types.ModuleType):
+            return ("module", obj.__name__)
+        if is_notebook_object(obj):
+            return ("code", self.fingerprinter.code_object(obj))
+        return None
+
+
+class Fingerprinter:
+    """Fingerprints of values and notebook code; one instance per loop (it memoizes)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[int, bytes] = {}
+        self._keep: list[Any] = []  # objects whose id is in the memo stay alive
+
+    def value(self, obj: Any, name: str = "") -> bytes:
+        """The sha256 of ``obj``'s pickle (notebook code by its fingerprint)."""
+        h = hashlib.sha256()
+        try:
+            _HashingPickler(self, h).dump(obj)
+        except Unhashable:
+            raise
+        except Exception as exc:
+            what = f"{name!r}, a " if name else "a "
+            raise Unhashable(f"{what}{type(obj).__qualname__} ({exc})") from None
+        return h.digest()
+
+    def code_object(self, obj: types.FunctionType | type) -> bytes:
+        """A notebook function's or class's fingerprint (cycle-safe, memoized)."""
+        known = self._memo.get(id(obj))
+        if known is not None:
+            return known
+        qualname = getattr(obj, "__qualname__", type(obj).__name__)
+        self._memo[id(obj)] = hashlib.sha256(b"cycle:" + qualname.encode()).digest()
+        self._keep.append(obj)
+        h = hashlib.sha256(qualname.encode())
+        if isinstance(obj, type):
+            self._class(obj, h)
+        else:
+            self._function(obj, h)
+        self._memo[id(obj)] = digest = h.digest()
+        return digest
+
+    def _function(self, fn: types.FunctionType, h: Any) -> None:
+        self._code(fn.__code__, h)
+        h.update(self.value((fn.__defaults__, fn.__kwdefaults__), fn.__qualname__))
+        for cell in fn.__closure__ or ():
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # an empty cell (a name not bound yet)
+                contents = None
+            h.update(self.value(contents, fn.__qualname__))
+        for name in sorted(_global_names(fn.__code__)):
+            if name in fn.__globals__:
+                h.update(name.encode() + b"=" + self.value(fn.__globals__[name], name))
+
+    def _code(self, code: types.CodeType, h: Any) -> None:
+        h.update(code.co_code)
+        for part in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
+            h.update(repr(part).encode())
+        h.update(repr((code.co_argcount, code.co_kwonlyargcount, code.co_flags)).encode())
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                self._code(const, h)
+            else:
+                h.update(repr((type(const).__name__, const)).encode())
+
+    def _class(self, cls: type, h: Any) -> None:
+        for base in cls.__bases__:
+            h.update(self.value(base, cls.__qualname__))
+        skip = {"__dict__", "__weakref__", "__module__", "__qualname__", "__doc__"}
+        for name, attr in sorted(vars(cls).items()):
+            if name in skip:
+                continue
+            h.update(name.encode() + b"=" + self.value(_unwrap(attr), f"{cls.__qualname__}.{name}"))
+
+
+def _unwrap(attr: Any) -> Any:
+    """The functions behind a class attribute (staticmethod, classmethod, property)."""
+    if isinstance(attr, staticmethod | classmethod):
+        return attr.__func__
+    if isinstance(attr, property):
+        return (attr.fget, attr.fset, attr.fdel)
+    return attr
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """Names the code reads as globals (its nested functions' too)."""
+    names = {
+        ins.argval
+        for ins in dis.get_instructions(code)
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(ins.argval, str)
+    }
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def loop_key(source: str, captured: dict[str, Any], fingerprinter: Fingerprinter) -> str:
+    """The key of a loop: its body and target, and its captured values' fingerprints.
+
+    Raises :class:`Unhashable` naming a captured value that cannot be fingerprinted.
+    """
+    h = hashlib.sha256(f"parmagic-cache:{VERSION}\n{source}".encode())
+    for name in sorted(captured):
+        h.update(f"\n{name}=".encode() + fingerprinter.value(captured[name], name))
+    return h.hexdigest()
+
+
+def entry_name(index: int, item: Any, fingerprinter: Fingerprinter) -> str:
+    """The file name of iteration ``index`` with ``item`` (Unhashable: no entry)."""
+    digest = hashlib.sha256(repr(index).encode() + fingerprinter.value(item, "item"))
+    return f"{index:08d}-{digest.hexdigest()[:40]}{SUFFIX}"
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def default_folder() -> str:
+    """The folder ``--cache`` alone uses: in the kernel's working directory, the notebook's."""
+    return os.path.join(os.getcwd(), FOLDER_NAME)
+
+
+def resolve_folder(cache: str | None) -> str | None:
+    """The option's value (None, "auto" or a folder) as a folder, or None when off."""
+    if cache is None:
+        return None
+    return default_folder() if cache == "auto" else cache
+
+
+def key_path() -> str:
+    """Where the HMAC key lives: the user's own cache folder (``$XDG_CACHE_HOME``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "parmagic", "key")
+
+
+def _check_private(path: str, what: str) -> os.stat_result:
+    """Refuse ``path`` unless it is the user's own and not writable by group or others."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise CacheError(f"parmagic: the {what} {path} is a symbolic link; refusing to use it")
+    if info.st_uid != os.getuid():
+        raise CacheError(
+            f"parmagic: the {what} {path} belongs to user id {info.st_uid}, not to you; "
+            "refusing to use it (choose a folder of your own with --cache DIR)"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CacheError(
+            f"parmagic: the {what} {path} is writable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):o}); refusing to use it (chmod 700 it)"
+        )
+    return info
+
+
+def _private_folder(path: str, what: str = "cache folder") -> None:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise CacheError(f"parmagic: the {what} {path} is not a folder") from None
+    _check_private(path, what)
+
+
+def load_key() -> bytes:
+    """The user's HMAC key (made on first use: 32 random bytes, mode 0600)."""
+    path = key_path()
+    _private_folder(os.path.dirname(path), "key folder")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        info = _check_private(path, "cache key")
+        if info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            raise CacheError(
+                f"parmagic: the cache key {path} is readable by others; refusing to use it "
+                "(chmod 600 it)"
+            ) from None
+        with open(path, "rb") as f:
+            key = f.read()
+        if len(key) >= 16:
+            return key
+        raise CacheError(f"parmagic: the cache key {path} is damaged; delete it") from None
+    key = secrets.token_bytes(32)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+@dataclass
+class LoopInfo:
+    """One loop's entries in a cache folder (``%parmagic cache``)."""
+
+    key: str
+    label: str
+    entries: int
+    size: int
+    newest: float
+
+
+class Store:
+    """A cache folder: signed entries in one subfolder per loop."""
+
+    def __init__(self, folder: str):
+        self.folder = os.path.abspath(folder)
+        _private_folder(self.folder)
+        self.key = load_key()
+
+    def _loop_folder(self, loop: str) -> str:
+        return os.path.join(self.folder, loop)
+
+    def _sign(self, loop: str, name: str, body: bytes) -> bytes:
+        # the entry's own key is signed too: an entry copied under another name is invalid
+        return hmac.new(self.key, f"{loop}/{name}\n".encode() + body, hashlib.sha256).digest()
+
+    def read(self, loop: str, name: str) -> Any:
+        """The entry, or None when missing, damaged or not signed with the user's key."""
+        try:
+            with open(os.path.join(self._loop_folder(loop), name), "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        head = len(MAGIC) + _DIGEST
+        if len(data) < head or not data.startswith(MAGIC):
+            return None
+        mac, body = data[len(MAGIC) : head], data[head:]
+        if not hmac.compare_digest(mac, self._sign(loop, name, body)):
+            return None
+        try:
+            return pickle.loads(body)  # signed by us: written by this user's parmagic
+        except Exception:  # a class it names is gone: compute it again
+            return None
+
+    def write(self, loop: str, name: str, body: bytes, label: str = "") -> int:
+        """Write a pickled entry atomically (temp file in the same folder, then rename)."""
+        folder = self._loop_folder(loop)
+        if not os.path.isdir(folder):
+            _private_folder(folder)
+            self._write_meta(folder, label)
+        data = MAGIC + self._sign(loop, name, body) + body
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=SUFFIX)  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, os.path.join(folder, name))
+        except BaseException:
+            _remove(tmp)
+            raise
+        return len(data)
+
+    def _write_meta(self, folder: str, label: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"label": label, "created": time.time(), "version": VERSION}, f)
+        os.replace(tmp, os.path.join(folder, META))
+
+    def _entries(self, loop: str) -> list[os.DirEntry]:
+        try:
+            with os.scandir(self._loop_folder(loop)) as it:
+                return [e for e in it if e.name.endswith(SUFFIX) and not e.name.startswith(".")]
+        except OSError:
+            return []
+
+    def loop_keys(self) -> list[str]:
+        """The loops with a subfolder here."""
+        try:
+            with os.scandir(self.folder) as it:
+                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            return []
+
+    def loops(self) -> list[LoopInfo]:
+        """Each loop's label, entry count, size and newest entry, newest loop first."""
+        found = []
+        for loop in self.loop_keys():
+            entries = self._entries(loop)
+            stats = [e.stat(follow_symlinks=False) for e in entries]
+            found.append(
+                LoopInfo(
+                    key=loop,
+                    label=self._label(loop),
+                    entries=len(entries),
+                    size=sum(s.st_size for s in stats),
+                    newest=max((s.st_mtime for s in stats), default=0.0),
+                )
+            )
+        return sorted(found, key=lambda info: -info.newest)
+
+    def _label(self, loop: str) -> str:
+        try:
+            with open(os.path.join(self._loop_folder(loop), META)) as f:
+                return str(json.load(f).get("label", ""))
+        except (OSError, ValueError, AttributeError):
+            return ""
+
+    def clear(self, prefix: str = "") -> int:
+        """Remove the entries of every loop whose key starts with ``prefix``; their count."""
+        removed = 0
+        for loop in self.loop_keys():
+            if not loop.startswith(prefix):
+                continue
+            folder = self._loop_folder(loop)
+            with os.scandir(folder) as it:
+                names = [e.name for e in it if e.is_file(follow_symlinks=False)]
+            for name in names:
+                removed += name.endswith(SUFFIX) and not name.startswith(".")
+                _remove(os.path.join(folder, name))
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        return removed
+
+    def evict(self, max_bytes: int | None = None) -> int:
+        """Remove the oldest entries until the folder holds at most ``max_bytes``; their count."""
+        limit = MAX_BYTES if max_bytes is None else max_bytes
+        entries = []
+        for loop in self.loop_keys():
+            for entry in self._entries(loop):
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                entries.append((info.st_mtime, info.st_size, entry.path))
+        total = sum(size for _, size, _ in entries)
+        removed = 0
+        for _, size, path in sorted(entries):
+            if total <= limit:
+                break
+            _remove(path)
+            total -= size
+            removed += 1
+        return removed
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- one loop's run
+
+
+@dataclass
+class LoopCache:
+    """One loop's run against a store: look iterations up, save committed ones."""
+
+    store: Store
+    key: str
+    label: str
+    fingerprinter: Fingerprinter = field(default_factory=Fingerprinter)
+    hits: int = 0
+    written: int = 0
+    notes: list[str] = field(default_factory=list)
+    _noted: set[str] = field(default_factory=set)
+
+    def note(self, kind: str, text: str) -> None:
+        """A reason an iteration was not cached, said once per kind."""
+        if kind not in self._noted:
+            self._noted.add(kind)
+            self.notes.append(text)
+
+    def name(self, index: int, item: Any) -> str | None:
+        """The entry name of an iteration; None (noted) when its item cannot be fingerprinted."""
+        try:
+            return entry_name(index, item, self.fingerprinter)
+        except Unhashable as exc:
+            self.note(
+                "item", f"an item cannot be fingerprinted ({exc}): its iteration is not cached"
+            )
+            return None
+
+    def lookup(self, index: int, item: Any) -> dict | None:
+        """The cached entry of iteration ``index`` with ``item``, or None."""
+        name = self.name(index, item)
+        entry = None if name is None else self.store.read(self.key, name)
+        if not isinstance(entry, dict) or entry.get("index") != index:
+            return None
+        self.hits += 1
+        return entry
+
+    def save(self, index: int, item: Any, entry: dict) -> None:
+        """Write one committed iteration's entry; a value that cannot be pickled: noted."""
+        name = self.name(index, item)
+        if name is None:
+            return
+        try:
+            body = dumps(entry)
+        except Exception as exc:
+            self.note("value", f"an iteration's values cannot be pickled ({exc}): not cached")
+            return
+        try:
+            self.store.write(self.key, name, body, self.label)
+        except OSError as exc:
+            self.note("write", f"cannot write to the cache folder ({exc})")
+            return
+        self.written += 1
+
+
+def dumps(value: Any) -> bytes:
+    """The standard pickler where it can (classes by reference), else cloudpickle."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def open_loop(folder: str, source: str, captured: dict[str, Any], label: str) -> LoopCache | str:
+    """The loop's cache in ``folder``, or the reason it cannot be cached (a message).
+
+    Raises :class:`CacheError` for a folder that is not safe to use.
+    """
+    fingerprinter = Fingerprinter()
+    try:
+        key = loop_key(source, captured, fingerprinter)
+    except Unhashable as exc:
+        return f"a captured value cannot be fingerprinted: {exc}"
+    return LoopCache(Store(folder), key, label, fingerprinter)
+
+
+def format_size(size: float) -> str:
+    """``1.2 MB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"  # not reached
+
+
+def describe(folder: str) -> str:
+    """``%parmagic cache``: the loops in ``folder`` with their entries and sizes."""
+    store = Store(folder)
+    loops = store.loops()
+    out = io.StringIO()
+    total = sum(info.size for info in loops)
+    out.write(
+        f"parmagic cache {store.folder}: {len(loops)} loop(s), {format_size(total)} "
+        f"(limit {format_size(MAX_BYTES)})\n"
+    )
+    for info in loops:
+        out.write(
+            f"  {info.key[:12]}  {info.entries:>6} entries  {format_size(info.size):>9}  "
+            f"{info.label}\n"
+        )
+    return out.getvalue().rstrip("\n")
