@@ -387,12 +387,13 @@ class Store:
             return []
 
     def loop_keys(self) -> list[str]:
-        """The loops with a subfolder here."""
+        """The loops with a subfolder here (one that parmagic made: it holds loop.json)."""
         try:
             with os.scandir(self.folder) as it:
-                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+                found = [e for e in it if e.is_dir(follow_symlinks=False)]
         except OSError:
             return []
+        return sorted(e.name for e in found if os.path.isfile(os.path.join(e.path, META)))
 
     def loops(self) -> list[LoopInfo]:
         """Each loop's label, entry count, size and newest entry, newest loop first."""
@@ -427,12 +428,13 @@ class Store:
             folder = self._loop_folder(loop)
             with os.scandir(folder) as it:
                 names = [e.name for e in it if e.is_file(follow_symlinks=False)]
-            for name in names:
-                removed += name.endswith(SUFFIX) and not name.startswith(".")
-                _remove(os.path.join(folder, name))
+            for name in names:  # only what parmagic writes there
+                if name.endswith(SUFFIX) or name.startswith(".tmp-") or name == META:
+                    removed += not name.startswith(".") and name != META
+                    _remove(os.path.join(folder, name))
             try:
                 os.rmdir(folder)
-            except OSError:
+            except OSError:  # something else lives there: left as it is
                 pass
         return removed
 
