@@ -389,6 +389,39 @@ def test_the_api_shows_and_clears_the_cache(tmp_path: Path) -> None:
     assert "0 loop(s)" in parmagic.cache_info(folder)
 
 
+def test_pmap_and_a_session_default(tmp_path: Path) -> None:
+    folder = str(tmp_path / "cache")
+    f = namespace(tmp_path, 0)["f"]  # counts its calls in files (a closure over a list
+    # that grows would change its own fingerprint)
+    for _ in range(2):
+        assert parmagic.pmap(f, range(5), backend="threads", cache=folder) == expected(5)[0]
+    assert calls(tmp_path) == {i: 1 for i in range(5)} and parmagic.last_run().from_cache == 5
+    saved = parmagic.defaults()
+    parmagic.set_defaults(cache=folder)
+    try:
+        assert parmagic.pmap(f, range(6), backend="threads") == expected(6)[0]
+    finally:
+        parmagic.set_defaults(cache=saved.cache)
+    assert calls(tmp_path) == {i: 1 for i in range(6)} and parmagic.last_run().from_cache == 5
+
+
+@pytest.mark.dask
+def test_on_dask_the_kernel_writes_the_entries(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=None)
+    try:
+        with Client(cluster):
+            ns = namespace(tmp_path, 6)
+            run(ns, tmp_path, "dask")
+            ns["N"] = 8
+            run(ns, tmp_path, "dask")
+    finally:
+        cluster.close()
+    assert ns["results"] == expected(8)[0] and parmagic.last_run().from_cache == 6
+    assert calls(tmp_path) == {i: 1 for i in range(8)}
+
+
 # --------------------------------------------------------------------------- real kernels
 
 SETUP = """\
