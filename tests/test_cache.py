@@ -405,6 +405,36 @@ def test_pmap_and_a_session_default(tmp_path: Path) -> None:
     assert calls(tmp_path) == {i: 1 for i in range(6)} and parmagic.last_run().from_cache == 5
 
 
+def test_the_magics(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from IPython.core.error import UsageError
+
+    from .shell import fresh, run
+    from .shell import shell as make_shell
+
+    ip = make_shell()
+    fresh(ip, f"CALLS = {str(tmp_path / 'calls')!r}\n", capsys)
+    (tmp_path / "calls").mkdir()
+    folder = tmp_path / "cache"
+    run(ip, DEFS.replace("os.path.exists(NEEDED)", "True"), capsys)
+    for _ in range(2):
+        cell = f"%%parallel --backend threads --no-progress --cache {folder}\nN = 5\n{CELL}"
+        result, _, _ = run(ip, cell, capsys)
+        assert result.success, result.error_in_exec
+    assert ip.user_ns["results"] == expected(5)[0] and parmagic.last_run().from_cache == 5
+    result, _, _ = run(
+        ip, f"squares = %pmap --backend threads --cache={folder} f(x) for x in range(3)", capsys
+    )
+    assert result.success and ip.user_ns["squares"] == [0, 1, 2]
+    assert parmagic.last_run().from_cache == 0  # another loop: its own key
+    _, out, _ = run(ip, f"%parmagic cache --cache {folder}", capsys)
+    assert "2 loop(s)" in out and "5 entries" in out and "for i in range(N):" in out
+    _, out, _ = run(ip, f"%parmagic cache clear --cache {folder}", capsys)
+    assert "cleared 8 entries" in out
+    result, _, _ = run(ip, "%parmagic cache --n-jobs 2", capsys)
+    assert isinstance(result.error_in_exec, UsageError)
+    assert calls(tmp_path) == {0: 2, 1: 2, 2: 2, 3: 1, 4: 1}  # the loop's once, %pmap's once
+
+
 @pytest.mark.dask
 def test_on_dask_the_kernel_writes_the_entries(tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
