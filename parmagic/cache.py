@@ -439,10 +439,14 @@ class Store:
         return removed
 
     def evict(self, max_bytes: int | None = None) -> int:
-        """Remove the oldest entries until the folder holds at most ``max_bytes``; their count."""
+        """Remove the oldest entries until the folder holds at most ``max_bytes``; their count.
+
+        Temporary files of writes cut short (a killed kernel) go once they are an hour old.
+        """
         limit = MAX_BYTES if max_bytes is None else max_bytes
         entries = []
         for loop in self.loop_keys():
+            _sweep_temporary(self._loop_folder(loop))
             for entry in self._entries(loop):
                 try:
                     info = entry.stat(follow_symlinks=False)
@@ -458,6 +462,25 @@ class Store:
             total -= size
             removed += 1
         return removed
+
+
+#: A temporary file this old is what a killed writer left behind, not a write under way.
+STALE_SECONDS = 3600
+
+
+def _sweep_temporary(folder: str) -> None:
+    now = time.time()
+    try:
+        with os.scandir(folder) as it:
+            stale = [e.path for e in it if e.name.startswith(".tmp-")]
+    except OSError:
+        return
+    for path in stale:
+        try:
+            if now - os.lstat(path).st_mtime > STALE_SECONDS:
+                _remove(path)
+        except OSError:
+            continue
 
 
 def _remove(path: str) -> None:

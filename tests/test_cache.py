@@ -225,8 +225,13 @@ def test_oldest_entries_are_evicted_past_the_limit_and_clear_empties(tmp_path: P
     for k in range(6):
         store.write("loop", f"{k:08d}.pmc", pickle.dumps(b"x" * 1000))
         os.utime(tmp_path / "loop" / f"{k:08d}.pmc", (1000 + k, 1000 + k))
+    stale, fresh = tmp_path / "loop" / ".tmp-old.pmc", tmp_path / "loop" / ".tmp-new.pmc"
+    stale.write_bytes(b"cut short")
+    fresh.write_bytes(b"being written")
+    os.utime(stale, (1000, 1000))
     assert store.evict(max_bytes=3500) == 3
-    left = sorted(p.name for p in (tmp_path / "loop").glob("*.pmc"))
+    assert not stale.exists() and fresh.exists()  # a write under way is left alone
+    left = sorted(p.name for p in (tmp_path / "loop").glob("0*.pmc"))
     assert left == ["00000003.pmc", "00000004.pmc", "00000005.pmc"]
     assert "3 entries" in disk.describe(str(tmp_path))
     assert store.clear() == 3 and store.loops() == []
@@ -436,10 +441,16 @@ def test_the_magics(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 @pytest.mark.dask
-def test_on_dask_the_kernel_writes_the_entries(tmp_path: Path) -> None:
+def test_on_dask_the_kernel_writes_the_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=None)
+    # an IPython shell made by an earlier test leaves a __main__ without __spec__, which
+    # multiprocessing's spawn (the cluster's worker) reads
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None, raising=False)
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0")
     try:
         with Client(cluster):
             ns = namespace(tmp_path, 6)
@@ -501,17 +512,28 @@ def stop_kernel(km: Any, kc: Any) -> None:
     km.shutdown_kernel(now=False)
 
 
-@pytest.fixture
-def kernel_in(tmp_path: Path, own_key: Path) -> Iterator[tuple[Any, Any]]:
+@pytest.fixture(scope="module")
+def shared_kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    """One kernel (parmagic loaded, a key of its own) for the tests that need no new one."""
     from .kernel import execute
 
-    km, kc = start_kernel(tmp_path, own_key)
+    home = tmp_path_factory.mktemp("kernel")
+    km, kc = start_kernel(home, home / "xdg")
     try:
-        (tmp_path / "calls").mkdir()
-        assert execute(kc, SETUP.format(calls=str(tmp_path / "calls"))).ok
+        assert execute(kc, SETUP.format(calls="")).ok
         yield km, kc
     finally:
         stop_kernel(km, kc)
+
+
+@pytest.fixture
+def kernel_in(tmp_path: Path, shared_kernel: tuple[Any, Any]) -> tuple[Any, Any]:
+    """The shared kernel, counting calls in this test's own folder."""
+    from .kernel import execute
+
+    (tmp_path / "calls").mkdir()
+    assert execute(shared_kernel[1], f"CALLS = {str(tmp_path / 'calls')!r}").ok
+    return shared_kernel
 
 
 def wait_for_calls(tmp_path: Path, n: int) -> None:
@@ -561,6 +583,38 @@ def test_stopped_then_rerun_runs_only_the_rest(tmp_path: Path, kernel_in: tuple)
 
 @pytest.mark.kernel
 @pytest.mark.slow
+def test_a_failure_outside_the_key_reruns_from_the_failed_iteration(
+    tmp_path: Path, kernel_in: tuple
+) -> None:
+    from .kernel import execute, value
+
+    _, kc = kernel_in
+    data = tmp_path / "data"
+    loop = (
+        f"%%parallel -n 2 --no-progress --cache {tmp_path / 'cache'}\n"
+        "out = []\n"
+        "for i in range(12):\n"
+        "    v = f(i)\n"
+        "    if i == 7:\n"
+        f"        v += len(open({str(data)!r}).read())\n"
+        "    out.append(v)\n"
+    )
+    failed = execute(kc, loop)
+    assert failed.error()["ename"] == "FileNotFoundError"
+    assert value(kc, "out") == [i * i + 1 for i in range(7)]
+    data.write_text("ab")  # the missing input, supplied
+    assert execute(kc, loop).ok
+    assert value(kc, "out") == [i * i + 1 + 2 * (i == 7) for i in range(12)]
+    assert value(kc, "parmagic.last_run().from_cache") == 7
+    counts = calls(tmp_path)
+    assert [counts[i] for i in range(7)] == [1] * 7 and sorted(counts) == list(range(12))
+    assert execute(kc, "def slow(x):\n    time.sleep(0.05)\n    return x * x").ok
+    assert execute(kc, loop).ok  # defined again, identically: still a hit
+    assert value(kc, "parmagic.last_run().from_cache") == 12
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
 def test_after_the_kernel_is_killed_a_new_kernel_resumes(tmp_path: Path, own_key: Path) -> None:
     from .kernel import execute, value
 
@@ -592,8 +646,9 @@ def test_after_the_kernel_is_killed_a_new_kernel_resumes(tmp_path: Path, own_key
         assert value(kc, "parmagic.last_run().from_cache") == written
         counts = calls(tmp_path)
         assert sorted(counts) == list(range(40))
-        state, _ = plain_state(kc)
+        state, output = plain_state(kc)
         assert value(kc, "(results, total, i, v)") == state
+        assert ex.stream() == output
         # a function reached through another, redefined: everything runs again
         assert execute(kc, "def slow(x):\n    return x * x + 0").ok
         assert execute(kc, loop).ok
