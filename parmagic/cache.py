@@ -103,7 +103,8 @@ class _Sink:
         return len(data)
 
 
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict, complex})
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
+_PLAIN = _ATOMS | {tuple, list, dict}
 
 
 class _HashingPickler(pickle.Pickler):
@@ -142,6 +143,8 @@ class Fingerprinter:
 
     def value(self, obj: Any, name: str = "") -> bytes:
         """The sha256 of ``obj``'s pickle (notebook code by its fingerprint)."""
+        if type(obj) in _ATOMS:  # most loop items: no pickler to build
+            return hashlib.sha256(pickle.dumps(obj, protocol=5)).digest()
         h = hashlib.sha256()
         try:
             _HashingPickler(self, h).dump(obj)
@@ -336,7 +339,7 @@ class Store:
 
     def _sign(self, loop: str, name: str, body: bytes) -> bytes:
         # the entry's own key is signed too: an entry copied under another name is invalid
-        return hmac.new(self.key, f"{loop}/{name}\n".encode() + body, hashlib.sha256).digest()
+        return hmac.digest(self.key, f"{loop}/{name}\n".encode() + body, "sha256")
 
     def read(self, loop: str, name: str) -> Any:
         """The entry, or None when missing, damaged or not signed with the user's key."""
@@ -363,12 +366,18 @@ class Store:
             _private_folder(folder)
             self._write_meta(folder, label)
         data = MAGIC + self._sign(loop, name, body) + body
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=SUFFIX)  # mode 0600
+        tmp = os.path.join(folder, f".tmp-{os.getpid()}-{secrets.token_hex(8)}{SUFFIX}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, os.path.join(folder, name))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, os.path.join(folder, name))  # atomic: the whole entry or none
         except BaseException:
+            if fd >= 0:
+                os.close(fd)
             _remove(tmp)
             raise
         return len(data)
@@ -503,6 +512,8 @@ class LoopCache:
     fingerprinter: Fingerprinter = field(default_factory=Fingerprinter)
     hits: int = 0
     written: int = 0
+    #: entry names of the iterations looked up and not found, until they are saved
+    _names: dict[int, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     _noted: set[str] = field(default_factory=set)
 
@@ -527,13 +538,14 @@ class LoopCache:
         name = self.name(index, item)
         entry = None if name is None else self.store.read(self.key, name)
         if not isinstance(entry, dict) or entry.get("index") != index:
+            self._names[index] = name  # the item is fingerprinted once
             return None
         self.hits += 1
         return entry
 
     def save(self, index: int, item: Any, entry: dict) -> None:
         """Write one committed iteration's entry; a value that cannot be pickled: noted."""
-        name = self.name(index, item)
+        name = self._names.pop(index) if index in self._names else self.name(index, item)
         if name is None:
             return
         try:
