@@ -544,8 +544,18 @@ class LoopCache:
         return entry
 
     def save(self, index: int, item: Any, entry: dict) -> None:
-        """Write one committed iteration's entry; a value that cannot be pickled: noted."""
-        name = self._names.pop(index) if index in self._names else self.name(index, item)
+        """Write one committed iteration's entry; a value that cannot be pickled: noted.
+
+        An item that is not the same after its iteration (changed in place, as an in-kernel
+        backend lets an iteration do) is not cached: replaying the entry would not change it.
+        """
+        from .worker.tracking import is_atomic
+
+        looked = self._names.pop(index, _UNSEEN)
+        name = looked if looked is not _UNSEEN and is_atomic(item) else self.name(index, item)
+        if looked is not _UNSEEN and name != looked:
+            self.note("changed", ITEM_CHANGED)
+            return
         if name is None:
             return
         try:
@@ -559,6 +569,10 @@ class LoopCache:
             self.note("write", f"cannot write to the cache folder ({exc})")
             return
         self.written += 1
+
+
+_UNSEEN = object()
+ITEM_CHANGED = "iterations that change their loop item in place are not cached"
 
 
 def dumps(value: Any) -> bytes:

@@ -360,7 +360,7 @@ def _bind_target(run: LoopRun, item: Any) -> None:
 def _save(run: LoopRun, result: BatchResult, chunk: list) -> None:
     """Keep each committed iteration of a worker's batch on disk (written by the kernel)."""
     if result.refs or result.item_changes:
-        run.cache.note("item", "iterations that change their loop item are not cached")
+        run.cache.note("changed", disk.ITEM_CHANGED)
         return
     failed = {k for k, _, _ in result.errors}
     ends = {k: (n, names) for k, n, names in result.splits}

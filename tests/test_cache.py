@@ -384,6 +384,20 @@ def test_an_unhashable_item_or_value_is_not_cached_and_said_once(
     assert "a captured value cannot be fingerprinted: 'lock'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("backend", ["threads", "multiprocessing"])
+def test_an_iteration_that_changes_its_item_is_not_cached(
+    tmp_path: Path, backend: str, capsys: pytest.CaptureFixture
+) -> None:
+    source = "for box in boxes:\n    box.append(len(box))\n"
+    ns = {"boxes": [[], [7]]}
+    run(ns, tmp_path, backend, source=source)
+    assert ns["boxes"] == [[0], [7, 1]]
+    assert "change their loop item in place are not cached" in capsys.readouterr().err
+    ns["boxes"] = [[], [7]]
+    run(ns, tmp_path, backend, source=source)  # runs again: the items change as in a full run
+    assert ns["boxes"] == [[0], [7, 1]] and parmagic.last_run().from_cache == 0
+
+
 def test_the_api_shows_and_clears_the_cache(tmp_path: Path) -> None:
     ns = namespace(tmp_path, 4)
     run(ns, tmp_path, "serial")
