@@ -510,6 +510,9 @@ class LoopCache:
     key: str
     label: str
     fingerprinter: Fingerprinter = field(default_factory=Fingerprinter)
+    source: str = ""  # what the key was made of, to check it again after the run
+    captured: dict[str, Any] = field(default_factory=dict)
+    written_names: list[str] = field(default_factory=list)
     hits: int = 0
     written: int = 0
     #: entry names of the iterations looked up and not found, until they are saved
@@ -569,6 +572,22 @@ class LoopCache:
             self.note("write", f"cannot write to the cache folder ({exc})")
             return
         self.written += 1
+        self.written_names.append(name)
+
+    def key_still_holds(self) -> bool:
+        """True when the captured values (and what reached functions read) are as they were
+        when the run started: iterations that ran in the kernel may have changed them."""
+        try:
+            return loop_key(self.source, self.captured, Fingerprinter()) == self.key
+        except Unhashable:
+            return False
+
+    def forget_written(self) -> None:
+        """Remove the entries this run wrote (they were computed while the key changed)."""
+        for name in self.written_names:
+            _remove(os.path.join(self.store.folder, self.key, name))
+        self.written_names.clear()
+        self.written = 0
 
 
 _UNSEEN = object()
@@ -595,7 +614,7 @@ def open_loop(folder: str, source: str, captured: dict[str, Any], label: str) ->
         key = loop_key(source, captured, fingerprinter)
     except Unhashable as exc:
         return f"a captured value cannot be fingerprinted: {exc}"
-    return LoopCache(Store(folder), key, label, fingerprinter)
+    return LoopCache(Store(folder), key, label, fingerprinter, source, dict(captured))
 
 
 def format_size(size: float) -> str:

@@ -207,7 +207,7 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         if not dry:
             run.streams.finish()
         if run.cache is not None:
-            _close_cache(run.cache)
+            _close_cache(run.cache, run.backend.in_kernel)
     if dry:
         if run.failures:
             raise run.failures[0][2]
@@ -306,8 +306,20 @@ def _open_cache(step: LoopStep, cell: CellRun) -> disk.LoopCache | None:
     return found
 
 
-def _close_cache(cache: disk.LoopCache) -> None:
-    """Say once why some iterations were not kept; keep the folder under its size limit."""
+def _close_cache(cache: disk.LoopCache, in_kernel: bool) -> None:
+    """Say once why some iterations were not kept; keep the folder under its size limit.
+
+    Iterations that ran in the kernel (threads, serial, auto-serial's rest) may have changed
+    a captured object, or a global that a called function reads, in place: the entries of a
+    run during which the key changed are removed (replaying them would skip that change).
+    """
+    if in_kernel and cache.written and not cache.key_still_holds():
+        cache.forget_written()
+        cache.note(
+            "key",
+            "the loop changed a captured value (or a global a called function reads) while "
+            "it ran: this run's iterations are not cached",
+        )
     for note in cache.notes:
         print(f"parmagic: --cache: {note}", file=sys.stderr)
     if cache.written:

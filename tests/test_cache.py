@@ -398,6 +398,23 @@ def test_an_iteration_that_changes_its_item_is_not_cached(
     assert ns["boxes"] == [[0], [7, 1]] and parmagic.last_run().from_cache == 0
 
 
+def test_a_loop_that_changes_what_its_key_holds_is_not_cached(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ns = define("""
+        def register(x):
+            seen[x] = True
+            return x
+    """)
+    source = "seen.clear()\nout = []\nfor i in range(4):\n    out.append(register(i))\n"
+    ns["seen"] = {}
+    for _ in range(2):  # threads change `seen` itself: no entry may skip that
+        run(ns, tmp_path, "threads", source=source)
+        assert ns["seen"] == dict.fromkeys(range(4), True) and ns["out"] == [0, 1, 2, 3]
+        assert parmagic.last_run().from_cache == 0
+    assert "changed a captured value" in capsys.readouterr().err
+
+
 def test_the_api_shows_and_clears_the_cache(tmp_path: Path) -> None:
     ns = namespace(tmp_path, 4)
     run(ns, tmp_path, "serial")
