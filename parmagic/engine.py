@@ -352,6 +352,7 @@ def _cached_result(run: LoopRun, start: int, entries: list[dict]) -> BatchResult
             (k, stream, text, before + n) for stream, text, before in entry["outputs"]
         ]
         result.locals.update(entry["locals"])
+        result.drew += [i for i in entry.get("drew", ()) if i not in result.drew]
     if not run.backend.pickles_locals:
         import cloudpickle
 
@@ -392,6 +393,7 @@ def _save(run: LoopRun, result: BatchResult, chunk: list) -> None:
                 "effects": result.effects[begin:end],
                 "outputs": [(s, t, b - begin) for s, t, b in outputs.get(k, ())],
                 "locals": _stored_locals(run, names),
+                "drew": result.drew,  # its batch's generators: they move on after a replay too
             }
             run.cache.save(k, chunk[k - result.start], entry)
         begin = end
