@@ -70,6 +70,8 @@ class LoopAnalysis:
     effects: list[EffectSite] = field(default_factory=list)
     #: conditions on the kernel's objects, checked by the engine before the loop runs
     conditions: list[TypeCondition] = field(default_factory=list)
+    #: the body seeds a generator itself (``np.random.seed(i)``): its draws are the plain ones
+    seeds_itself: bool = False
 
 
 #: Classes whose column assignment (``df[key] = value``) leaves ``df.index`` as it was.
@@ -202,8 +204,23 @@ def analyse_loop(
     for i, effect in enumerate(effects):
         effect.eid = i
     return LoopAnalysis(
-        locals=local, captured=captured - hidden_roots, effects=effects, conditions=conditions
+        locals=local,
+        captured=captured - hidden_roots,
+        effects=effects,
+        conditions=conditions,
+        seeds_itself=_seeds_itself(body),
     )
+
+
+def _seeds_itself(body: list[ast.stmt]) -> bool:
+    """Whether a top-level statement of the body calls a ``.seed(...)`` method
+    (``np.random.seed(i)``, ``random.seed(k)``, ``rng.seed(i)``)."""
+    for stmt in body:
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
+            if call.func.attr == "seed":
+                return True
+    return False
 
 
 def _check_target(target: ast.AST) -> None:

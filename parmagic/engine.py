@@ -41,7 +41,7 @@ from .supervisor import Supervisor
 from .worker.batch import RoutingStream, run_batch
 from .worker.environment import capture_environment
 from .worker.protocol import RESERVED, BatchResult, Payload, PayloadRef
-from .worker.tracking import ItemChange, ItemRef
+from .worker.tracking import EffectValueRef, ItemChange, ItemRef
 from .worker.writeback import merge_into
 
 #: Batches in flight per worker: enough to keep every worker fed while results travel.
@@ -115,8 +115,9 @@ class LoopRun:
     failures: list[tuple[int, Any, BaseException]] = field(default_factory=list)
     first_error: tuple[int, BaseException, str] | None = None
     ref: PayloadRef | None = None
-    #: id of each kernel item an iteration changed -> that iteration
-    written: dict[int, int] = field(default_factory=dict)
+    #: id of each item written back -> (its iteration, the item): holding the item keeps its
+    #: id from being reused (enumerate and zip recycle their tuples once dropped)
+    written: dict[int, tuple[int, Any]] = field(default_factory=dict)
     streams: LoopStreams | None = None  # random generators: their streams and draws
     cache: disk.LoopCache | None = None  # --cache: this loop's entries on disk
 
@@ -205,7 +206,7 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         _iterations_run[0] += run.record.done
         run.listener.on_finish(run.record)
         if not dry:
-            run.streams.finish()
+            run.streams.finish(notice=not step.analysis.seeds_itself)
         if run.cache is not None:
             _close_cache(run.cache, run.backend.in_kernel)
     if dry:
@@ -401,12 +402,21 @@ def _save(run: LoopRun, result: BatchResult, chunk: list) -> None:
 
 def _stored_locals(run: LoopRun, names: dict[str, Any]) -> dict[str, bytes]:
     """Body locals as pickles (the target is bound from the item on replay)."""
-    target = set(run.step.target_names)
-    if run.backend.pickles_locals:
-        return {n: v for n, v in names.items() if n not in target and isinstance(v, bytes)}
     from .worker.environment import pack_locals
 
-    return pack_locals({n: v for n, v in names.items() if n not in target})[0]
+    target = set(run.step.target_names)
+    stored, values = {}, {}
+    for name, value in names.items():
+        if name in target:
+            continue
+        if isinstance(value, _KernelObject):  # the object an effect used: kept as a copy
+            values[name] = value.value
+        elif not run.backend.pickles_locals:
+            values[name] = value
+        elif isinstance(value, bytes):  # pickled in the worker already
+            stored[name] = value
+    stored.update(pack_locals(values)[0])
+    return stored
 
 
 Pending = tuple[int, list]  # (first iteration, items) of a batch not yet committed
@@ -583,10 +593,10 @@ def _pump(run: LoopRun, flight: Flight, batcher: Batcher, judge: AutoSerial | No
 def _auto_serial(run: LoopRun, flight: Flight) -> AutoSerial | None:
     """The judge of ``auto_serial`` for this run, or None where it does not apply."""
     backend = run.backend
-    if not getattr(run.cell.options, "auto_serial", True):
+    if not run.cell.options.auto_serial or not backend.may_finish_in_kernel:
         return None
-    if backend.name in ("serial", "dask") or isinstance(run.listener, _SilentListener):
-        return None  # already in the kernel; a cluster the user chose; --compare's timing
+    if isinstance(run.listener, _SilentListener):
+        return None  # --compare's timing runs
     judge = AutoSerial(run.record.total, backend.n_workers, flight.max_in_flight)
     flight.batch_cap = flight.max_in_flight  # the probe wave
     return judge
@@ -653,7 +663,7 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
                 break
             applied = before
         if isinstance(event, ItemChange):
-            failed = _write_back(run, event, chunk[event.k - result.start], applied)
+            failed = _write_back(run, event, _changed_object(run, event, chunk, result), applied)
             if failed:
                 break
             continue
@@ -684,8 +694,8 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
         task.errors[k], task.items[k] = exc, item
         _note_failure(run, k, item, exc, tb)
     run.record.add_task(task)
-    if result.refs:
-        _own_locals(result, chunk)
+    if result.refs or any(isinstance(v, EffectValueRef) for v in result.locals.values()):
+        _own_locals(run, result, chunk)
     run.final_locals.update(result.locals)
     if result.from_cache:
         _bind_target(run, chunk[result.ran - 1])
@@ -706,14 +716,22 @@ def _events(result: BatchResult) -> list[tuple[int, Any]]:
     return [(key[0], event) for key, event in keyed]
 
 
+def _changed_object(run: LoopRun, change: ItemChange, chunk: list, result: BatchResult) -> Any:
+    """The kernel's object a change is for: the iteration's item, or an element of a
+    captured container (``models[k]`` reached as ``m = models[k]``)."""
+    return _kernel_object(run, ItemRef(change.k, element=change.element), chunk, result)
+
+
 def _write_back(run: LoopRun, change: ItemChange, item: Any, offset: int) -> _FailedEffect | None:
     """Merge iteration k's changed item into the kernel's object, in place."""
     import cloudpickle
 
-    if id(item) in run.written and run.written[id(item)] != change.k:
+    earlier, _ = run.written.get(id(item), (change.k, item))
+    if earlier != change.k:
+        what = "its item" if change.element is None else "{}[{!r}]".format(*change.element)
         error = WritebackError(
-            f"iteration {change.k} changed its item, a {type(item).__qualname__} that "
-            f"iteration {run.written[id(item)]} had changed too: each worker changed its own "
+            f"iteration {change.k} changed {what}, a {type(item).__qualname__} that "
+            f"iteration {earlier} had changed too: each worker changed its own "
             "copy, so the second change started from a stale state; give each iteration its "
             "own object"
         )
@@ -722,7 +740,7 @@ def _write_back(run: LoopRun, change: ItemChange, item: Any, offset: int) -> _Fa
         merge_into(item, cloudpickle.loads(change.state))
     except WritebackError as exc:
         return _FailedEffect(offset, exc)
-    run.written[id(item)] = change.k
+    run.written[id(item)] = (change.k, item)
     return None
 
 
@@ -730,10 +748,7 @@ def _resolve_refs(run: LoopRun, result: BatchResult, chunk: list) -> None:
     """Effect values that stand for a loop item become the kernel's own item."""
 
     def own(value: Any) -> Any:
-        if not isinstance(value, ItemRef):
-            return value
-        item = chunk[value.k - result.start]
-        return item if value.part < 0 else item[value.part]
+        return _kernel_object(run, value, chunk, result) if isinstance(value, ItemRef) else value
 
     if len(run.replay) == 1:
         result.effects = [tuple(own(v) for v in values) for values in result.effects]
@@ -748,11 +763,24 @@ class _KernelObject:
     value: Any
 
 
-def _own_locals(result: BatchResult, chunk: list) -> None:
+def _own_locals(run: LoopRun, result: BatchResult, chunk: list) -> None:
+    single = len(run.replay) == 1
     for name, value in result.locals.items():
         if isinstance(value, ItemRef):
-            item = chunk[value.k - result.start]
-            result.locals[name] = _KernelObject(item if value.part < 0 else item[value.part])
+            result.locals[name] = _KernelObject(_kernel_object(run, value, chunk, result))
+        elif isinstance(value, EffectValueRef):  # the object the effect used (forest[-1])
+            record = result.effects[value.record]
+            values = record if single else record[1]
+            result.locals[name] = _KernelObject(values[value.position])
+
+
+def _kernel_object(run: LoopRun, ref: ItemRef, chunk: list, result: BatchResult) -> Any:
+    """The kernel's object an ItemRef stands for: an item, a part of one, or an element."""
+    if ref.element is not None:
+        name, key = ref.element
+        return run.cell.namespace[name][key]
+    item = chunk[ref.k - result.start]
+    return item if ref.part < 0 else item[ref.part]
 
 
 def _replay(run: LoopRun, effects: list, offset: int = 0) -> _FailedEffect | None:

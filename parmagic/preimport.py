@@ -198,12 +198,12 @@ def _targets() -> list[tuple[str, int, Submit, list[int], Any]]:
             threads = budget.for_workers(len(pids))
             out.append(("loky", id(executor), executor.submit, pids, threads))
     for key, backend in list(pool._extra.items()):
-        if backend.name != "multiprocessing" or getattr(backend, "_executor", None) is None:
+        if not backend.preimports or backend.pool_id() is None:
             continue
         pids = backend.worker_pids()
         if pids:
             threads = budget.for_workers(backend.n_workers)
-            out.append((key, id(backend._executor), backend.submit, pids, threads))
+            out.append((key, backend.pool_id(), backend.submit, pids, threads))
     return out
 
 

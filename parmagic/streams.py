@@ -33,12 +33,14 @@ from .worker.streams import (
 )
 
 NOTICE = (
-    "parmagic: iterations drew from {names}; each iteration gets its own stream derived from "
-    "the seed and its index, so the numbers differ from a plain run's (the same on every run)"
+    "parmagic: iterations drew random numbers from {names}; each iteration gets its own "
+    "stream derived from the seed and its index, so the numbers differ from a plain run's "
+    "(the same on every run)"
 )
 THREADS_NOTICE = (
-    "parmagic: iterations drew from {names}; with --backend threads they share the kernel's "
-    "generator, so the numbers depend on the threads' timing and differ from a plain run's"
+    "parmagic: iterations drew random numbers from {names}; with --backend threads they share "
+    "the kernel's generator, so the numbers depend on the threads' timing and differ from a "
+    "plain run's"
 )
 _SHOWN = {GLOBAL_RANDOM: "random", GLOBAL_NUMPY: "np.random"}
 
@@ -78,7 +80,7 @@ class LoopStreams:
     """One loop's generators: their entropies going out, the draws coming back."""
 
     def __init__(self, mode: str, gens: dict[str, tuple[str, Any]]):
-        self.mode = mode  # "off" (serial), "watch" (threads) or "streams" (other processes)
+        self.mode = mode  # "watch" (threads) or "streams" (process workers, serial)
         self.gens = gens
         self.entropy: dict[str, int] = {}
         self.before: dict[str, Any] = {}
@@ -88,10 +90,8 @@ class LoopStreams:
     def start(cls, payload: Payload, backend: Any) -> LoopStreams:
         """Note the generators as the loop starts; for workers in other processes, put
         their entropies in ``payload.streams``."""
-        if backend.name == "serial":
-            return cls("off", {})
         gens = generators(payload.captured)
-        if backend.in_kernel:
+        if backend.in_kernel and not backend.runs_in_order:  # threads share the generators
             streams = cls("watch", gens)
             streams.before = {i: state_of(kind, g) for i, (kind, g) in gens.items()}
             return streams
@@ -105,8 +105,10 @@ class LoopStreams:
         if drew:
             self.drew.update(drew)
 
-    def finish(self) -> None:
-        """The loop ended: move the generators it drew from on, and say so in one line."""
+    def finish(self, notice: bool = True) -> None:
+        """The loop ended: move the generators it drew from on, and say so in one line
+        (unless ``notice`` is False: a body that seeds the generator itself draws the
+        plain loop's numbers)."""
         if self.mode == "watch":
             self.drew = {
                 i for i, (kind, g) in self.gens.items() if state_of(kind, g) != self.before[i]
@@ -117,6 +119,8 @@ class LoopStreams:
             for i in self.drew:
                 kind, gen = self.gens[i]
                 seed(kind, gen, self.entropy[i], AFTER_LOOP)
+        if not notice:
+            return
         names = ", ".join(sorted(_SHOWN.get(i, i) for i in self.drew))
         text = THREADS_NOTICE if self.mode == "watch" else NOTICE
         print(text.format(names=names), file=sys.stderr)

@@ -369,24 +369,24 @@ def test_a_failure_outside_the_key_resumes_from_where_it_stopped(tmp_path: Path)
     assert [counts[i] for i in range(5)] == [1] * 5 and sorted(counts) == list(range(8))
 
 
-def test_random_draws_resume_as_a_full_run_draws_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["serial", "multiprocessing"])
+def test_random_draws_resume_as_a_full_run_draws_them(tmp_path: Path, backend: str) -> None:
     source = (
         "np.random.seed(0)\nout = []\nfor i in range(N):\n"
-        "    out.append(np.random.rand())\nafter = np.random.rand()\n"
+        "    x = np.random.rand()\n    out.append(x)\nafter = np.random.rand()\n"
     )
 
     def draws(n: int, cache: bool) -> tuple:
         ns = {"np": np, "N": n}
         folder = str(tmp_path / "cache") if cache else None
-        parmagic.run_cell(
-            source, ns, backend="multiprocessing", n_jobs=2, cache=folder, progress=False
-        )
-        return ns["out"], ns["after"], parmagic.last_run().from_cache
+        parmagic.run_cell(source, ns, backend=backend, n_jobs=2, cache=folder, progress=False)
+        names = sorted(k for k in ns if not k.startswith("__"))
+        return ns["out"], ns["after"], ns["x"], names, parmagic.last_run().from_cache
 
     full = draws(8, cache=False)
     draws(5, cache=True)
-    assert draws(8, cache=True) == (*full[:2], 5)  # 5 replayed, 3 on their own streams
-    assert draws(8, cache=True) == (*full[:2], 8)  # the generator moves on after a replay
+    assert draws(8, cache=True) == (*full[:4], 5)  # 5 replayed, 3 on their own streams
+    assert draws(8, cache=True) == (*full[:4], 8)  # the generator moves on after a replay
 
 
 def test_an_unhashable_item_or_value_is_not_cached_and_said_once(

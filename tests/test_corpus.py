@@ -41,121 +41,12 @@ BACKENDS = ["loky", "threads", "multiprocessing"]
 PROCESS_BACKENDS = {"loky", "multiprocessing"}
 RANDOM_PROMISES = ["repeatable", "same_for_n_and_chunks", "distinct", "moves_on", "notice"]
 
-ALIAS = "§2 kernel objects reached through a local name: "
 RICH = "§2 rich output: "
-SETTINGS = "§2 kernel settings hold in workers: "
-CODE = "§2 workers run the kernel's current code: "
-RNG = "§2 random numbers: "
 
 #: (case, backend or "*", promise or "") -> what fails today (a strict xfail).
 FAILS: dict[tuple[str, str, str], str] = {
-    ("rnd_seed_inside_body", "loky", ""): RNG + "the numbers are the plain ones, but the notice "
-    "that they differ is still printed for a body that seeds itself",
-    **{
-        (name, backend, ""): reason
-        for name, reason in {
-            "sk_fit_each_estimator": ALIAS + "estimators stay unfitted, `estimators[-1] is est` "
-            "is False (est is the worker's fitted copy)",
-            "pd_feature_on_both_frames": ALIAS + "train/test keep only column x (no x2); "
-            "`df is test` is False",
-        }.items()
-        for backend in ("loky", "multiprocessing")
-    },
-    **{
-        (name, "loky", ""): reason
-        for name, reason in {
-            "sk_cross_val_scores_by_name": ALIAS + "`model is models[name]` is False after the "
-            "loop (scores match)",
-            "sk_gmm_aic_comprehension": ALIAS + "aics match but the GaussianMixture models in "
-            "`models` stay unfitted (no means_)",
-            "sk_fit_and_score_table": ALIAS + "results match but estimators stay unfitted, "
-            "`estimators[-1] is est` is False",
-            "sk_forest_of_trees_identity": ALIAS + "`forest[-1] is tree` is False (forest's trees "
-            "are equal copies)",
-            "sk_fit_in_a_function": ALIAS + "(changed inside a called function) train_scores "
-            "match but estimators stay unfitted",
-            "pd_titanic_title_extract": ALIAS + "train_df/test_df get no Title column",
-            "pd_titanic_sex_map": ALIAS + "Sex stays male/female (str), Age keeps NaN",
-            "pd_drop_inplace": ALIAS + "column c is not dropped from strat_train/strat_test; also "
-            "the pandas inplace deprecation warning shows twice instead of once",
-            "pd_list_of_dicts_tag": ALIAS + "ds items get no 't' key; `d is ds[-1]` is False",
-            "pd_fillna_inplace_items": ALIAS + "frames['train'] keeps its NaN; "
-            "`frame is frames['test']` is False",
-            "plot_print_then_show": RICH + "no image outputs; 'Figure(640x480)' printed as text "
-            "after each 'run k'",
-            "disp_markdown_metrics": RICH + "no text/markdown outputs; "
-            "'<IPython.core.display.Markdown object>' printed as stdout text",
-            "disp_html_then_value": RICH + "no text/html outputs; "
-            "'<IPython.core.display.HTML object>' printed as stdout text",
-            "warn_sklearn_convergence_ignored": SETTINGS + "the ignored ConvergenceWarning is "
-            "shown in stderr (twice)",
-            "warn_once_per_location": SETTINGS + "the UserWarning shown once per location is "
-            "shown twice (once per worker)",
-            "log_inside_function": SETTINGS + "records logged in a function the body calls "
-            "never reach the kernel's handler: stderr empty, plain 'INFO nb: item 0..2'",
-            "mod_folder_on_sys_path": CODE + "ModuleNotFoundError: textutils (a folder the "
-            "notebook added to sys.path) in the workers",
-            "mod_reloaded": CODE + "workers keep the module as first imported: scaled is "
-            "[0, 1, 2, 3], plain [0, 100, 200, 300]",
-        }.items()
-    },
-    **{
-        ("plot_per_group_show", backend, ""): RICH + "no image outputs: "
-        "'Figure(200x200)' printed three times as stdout text"
-        for backend in ("loky", "multiprocessing")
-    },
-    ("plot_per_group_show", "threads", ""): RICH + "threads share pyplot's state: an extra empty "
-    "figure and a figure of the wrong size among the images",
-    **{
-        ("disp_head_of_each_frame", backend, ""): RICH + "no display_data: the frames' text "
-        "repr printed into stdout between the names"
-        for backend in ("loky", "multiprocessing")
-    },
-    ("disp_head_of_each_frame", "threads", ""): RICH + "the two frames are displayed before "
-    "both printed names (displays not in order with the iteration's prints)",
-    **{
-        ("warn_ignored_before_loop", backend, ""): SETTINGS + "warnings.filterwarnings('ignore') "
-        "does not hold: 'UserWarning: noisy' shown twice in stderr"
-        for backend in ("loky", "multiprocessing")
-    },
-    **{
-        ("exc_notebook_class_caught", backend, ""): "§2 exceptions keep their class: the cell "
-        "ends in RuntimeError, not DataError, so `except DataError:` does not catch it"
-        for backend in ("loky", "multiprocessing")
-    },
-}
-for _name, _backends in {
-    "rnd_np_seed_before_loop": ("loky", "multiprocessing"),
-    "rnd_default_rng_captured": ("loky", "multiprocessing"),
-    "rnd_random_seed_before_loop": ("loky",),
-    "rnd_bootstrap_means": ("loky",),
-    "rnd_randomstate_comprehension": ("loky",),
-}.items():
-    for _backend in _backends:
-        FAILS[(_name, _backend, "repeatable")] = RNG + "a second run after the same seed "
-        "draws other numbers"
-        FAILS[(_name, _backend, "same_for_n_and_chunks")] = RNG + "-n 1, -n 2 and "
-        "--chunksize 1 draw different numbers"
-        FAILS[(_name, _backend, "moves_on")] = RNG + "the kernel's generator does not move: "
-        "the next cell draws what it would have drawn without the loop"
-        FAILS[(_name, _backend, "notice")] = RNG + "no line says the draws differ from a "
-        "plain run's"
-for _name in ("rnd_np_seed_before_loop", "rnd_default_rng_captured"):
-    FAILS[(_name, "threads", "notice")] = RNG + "no notice (that the threads share one "
-    "generator)"
-for _name, _backend in [
-    ("rnd_default_rng_captured", "loky"),
-    ("rnd_default_rng_captured", "multiprocessing"),
-    ("rnd_randomstate_comprehension", "loky"),
-]:
-    FAILS[(_name, _backend, "distinct")] = RNG + "each worker draws from its own copy of the "
-    "captured generator: iterations share draws"
-#: Captured generators: each worker replays the same copy, so two runs sometimes agree by chance.
-FLAKY = {
-    (name, backend, promise)
-    for name in ("rnd_default_rng_captured", "rnd_randomstate_comprehension")
-    for backend in ("loky", "multiprocessing")
-    for promise in ("repeatable", "same_for_n_and_chunks")
+    ("plot_per_group_show", "threads", ""): RICH + "threads share pyplot's state: an extra "
+    "empty figure and a figure of the wrong size among the images",
 }
 
 
@@ -262,10 +153,7 @@ def run_case(kc: Any, case: Case, code: str, offset: int, exprs: tuple[str, ...]
 
 def marked(case: Case, backend: str, promise: str = "") -> Any:
     reason = FAILS.get((case.name, backend, promise)) or FAILS.get((case.name, "*", promise))
-    # not strict: most of these pass since the third landing; FAILS is to be pruned to what
-    # still fails (the lead's note lists them), so an unexpected pass must not fail the suite
-    strict = False
-    marks = [pytest.mark.xfail(strict=strict, reason=reason)] if reason else []
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
     ident = f"{case.name}-{backend}" + (f"-{promise}" if promise else "")
     return pytest.param(case, backend, *([promise] if promise else []), marks=marks, id=ident)
 

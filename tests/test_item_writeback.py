@@ -120,3 +120,65 @@ def test_the_same_object_changed_by_two_iterations_is_refused(ip, capsys) -> Non
     result, _, _ = run(ip, "%%parallel -n 2 --no-progress --chunksize 1\n" + cell, capsys)
     assert isinstance(result.error_in_exec, parmagic.WritebackError)
     assert ip.user_ns["a"] == {"n": 1}  # the first iteration's change, as the plain loop had it
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_local_bound_to_an_element_of_a_kernel_container(ip, capsys, backend: str) -> None:
+    """``m = models[name]; m.fit(X, y)``: the kernel's own models are fitted, ``m`` is one."""
+    run(ip, "models = {'lr': LinearRegression(), 'ridge': Ridge()}; first = models['lr']", capsys)
+    run(ip, "pair = [LinearRegression(), Ridge()]; scores = {}", capsys)
+    cell = (
+        "for name in models:\n    m = models[name]\n    m.fit(X, y)\n"
+        "    scores[name] = round(m.score(X, y), 3)\n"
+        "for i in range(2):\n    e = pair[i]\n    e.fit(X, y)\n"
+    )
+    result, _, _ = run(ip, magic(backend) + cell, capsys)
+    assert result.error_in_exec is None
+    ns = ip.user_ns
+    assert all(hasattr(e, "coef_") for e in [*ns["models"].values(), *ns["pair"]])
+    assert ns["first"] is ns["models"]["lr"] and ns["m"] is ns["models"]["ridge"]
+    assert ns["e"] is ns["pair"][1] and ns["scores"] == {"lr": 1.0, "ridge": 1.0}
+
+
+def test_an_element_changed_by_two_iterations_is_refused_by_name(ip, capsys) -> None:
+    run(ip, "pair = [LinearRegression(), Ridge()]", capsys)
+    cell = "for i in range(4):\n    e = pair[i % 2]\n    e.fit(X, y + i)\n"
+    result, _, _ = run(ip, "%%parallel -n 2 --no-progress --chunksize 1\n" + cell, capsys)
+    assert isinstance(result.error_in_exec, parmagic.WritebackError)
+    assert "pair[0]" in str(result.error_in_exec)
+
+
+def test_items_of_enumerate_are_written_back_each_to_its_own_row(ip, capsys) -> None:
+    """enumerate recycles its tuples: an id seen twice is not one object changed twice."""
+    run(ip, "rows = [[k, 0] for k in range(6)]", capsys)
+    cell = "for i, row in enumerate(rows):\n    row.sort()\n    row.append(i)\n"
+    result, _, _ = run(ip, "%%parallel -n 2 --no-progress --chunksize 1\n" + cell, capsys)
+    assert result.error_in_exec is None
+    assert ip.user_ns["rows"] == [sorted([k, 0]) + [k] for k in range(6)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_elements_changed_in_a_batch_of_several_iterations(ip, capsys, backend: str) -> None:
+    """A batch whose iterations change captured elements runs again one by one; its effects
+    and locals come back whole."""
+    run(ip, "models = {k: LinearRegression() for k in 'abcd'}; out = []", capsys)
+    cell = (
+        "for name in models:\n    m = models[name]\n    m.fit(X, y)\n"
+        "    out.append(round(m.score(X, y), 2))\n"
+    )
+    opts = f"%%parallel -n 2 --no-progress --no-auto-serial --chunksize 4 --backend {backend}\n"
+    result, _, _ = run(ip, opts + cell, capsys)
+    assert result.error_in_exec is None
+    ns = ip.user_ns
+    assert ns["out"] == [1.0] * 4 and all(hasattr(v, "coef_") for v in ns["models"].values())
+    assert ns["m"] is ns["models"]["d"]
+
+
+def test_a_local_that_is_an_effect_value_is_the_same_object(ip, capsys) -> None:
+    """``forest.append(tree)``: afterwards ``forest[-1] is tree``, as in the plain loop."""
+    cell = (
+        "forest = []\nfor seed in range(3):\n    tree = {'seed': seed}\n    forest.append(tree)\n"
+    )
+    result, _, _ = run(ip, "%%parallel -n 2 --no-progress\n" + cell, capsys)
+    assert result.error_in_exec is None
+    assert ip.user_ns["forest"][-1] is ip.user_ns["tree"]

@@ -56,9 +56,10 @@ FEATURES = ("mutate_target", "random", "display", "warn")
 #: Features whose SPEC promise is broken today -> what differs (each a strict xfail test).
 FAILING: dict[str, str] = {
     # random, display and warn hold since the third landing
-    "mutate_target": "seen on --backend threads --chunksize 3: a loop that changes its items "
-    "(rec.setdefault) and has op= effects stops after iteration 0 with an error the plain "
-    "cell does not raise (not yet diagnosed)",
+    "mutate_target": "--backend threads only: the threads change the kernel's own items as "
+    "they run, so when an effect fails in the kernel at iteration k (acc[0] = ... on an empty "
+    "list), items of iterations after k were already changed; the plain loop never ran them "
+    "(process backends merge item changes at commit and hold)",
 }
 
 SETUP = """\

@@ -10,7 +10,7 @@ import pytest
 from .shell import fresh, run, shell
 
 PROCESS_BACKENDS = ["loky", "multiprocessing"]
-NOTICE = "parmagic: iterations drew from"
+NOTICE = "parmagic: iterations drew random numbers from"
 
 GLOBAL_NUMPY = """np.random.seed(42)
 xs = []
@@ -106,10 +106,12 @@ def test_a_loop_that_never_draws_leaves_the_generators_alone(ip, capsys, backend
     assert NOTICE not in err
 
 
-def test_serial_is_the_plain_loop(ip, capsys) -> None:
-    (xs, after), err = cell(ip, capsys, "-n 1", GLOBAL_NUMPY, "xs", "after")
-    assert (xs, after) == plain_normals(42, 20)
-    assert NOTICE not in err
+def test_serial_draws_what_the_workers_draw(ip, capsys) -> None:
+    """SPEC: the same numbers for any -n, -n 1 (in the kernel) included."""
+    (xs1, after1), err = cell(ip, capsys, "-n 1", GLOBAL_NUMPY, "xs", "after")
+    (xs2, after2), _ = cell(ip, capsys, "-n 2", GLOBAL_NUMPY, "xs", "after")
+    assert (xs1, after1) == (xs2, after2) and xs1 != plain_normals(42, 20)[0]
+    assert NOTICE in err
 
 
 def test_threads_share_the_kernels_generator_and_say_so(ip, capsys) -> None:

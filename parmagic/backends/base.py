@@ -61,6 +61,15 @@ class Backend:
     kernel_thread_timeouts: bool = False
     #: :meth:`stop_worker` can stop one stuck worker without breaking the pool
     stops_one_worker: bool = False
+    #: iterations run one after another in the kernel, in order (serial): the per-iteration
+    #: random streams can reseed the kernel's own generators, as a process worker does
+    runs_in_order: bool = False
+    #: a loop too cheap to gain from these workers may finish in the kernel instead
+    #: (``--auto-serial``); not where it already runs there, nor on a cluster the user chose
+    may_finish_in_kernel: bool = True
+    #: idle workers import what the kernel imported (parmagic.preimport), through
+    #: :meth:`submit`, once :meth:`pool_id` says a pool is up
+    preimports: bool = False
 
     def __init__(self, n_workers: int):
         self.n_workers = n_workers
@@ -92,6 +101,10 @@ class Backend:
     def worker_pids(self) -> list[int]:
         """PIDs of the worker processes (the kernel's own pid for in-kernel backends)."""
         return []
+
+    def pool_id(self) -> int | None:
+        """An identity of the running pool (a new one after a rebuild); None before it starts."""
+        return None
 
     def serves(self, n_workers: int) -> bool:
         """Whether this (persistent) backend can run a loop on ``n_workers`` as it is."""

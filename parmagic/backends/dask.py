@@ -122,6 +122,7 @@ class DaskBackend(Backend):
 
     name = "dask"
     output_per_thread = True
+    may_finish_in_kernel = False  # a cluster the user chose
 
     def __init__(self, n_workers: int | None, scheduler: str | None = None):
         _distributed()

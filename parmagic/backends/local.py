@@ -22,6 +22,8 @@ class SerialBackend(Backend):
 
     name = "serial"
     in_kernel = True
+    runs_in_order = True
+    may_finish_in_kernel = False
     pickles_locals = False
     output_per_thread = True
 

@@ -75,6 +75,7 @@ class MultiprocessingBackend(Backend):
 
     name = "multiprocessing"
     shared_board = True
+    preimports = True
 
     def __init__(self, n_workers: int):
         super().__init__(n_workers)
@@ -103,6 +104,11 @@ class MultiprocessingBackend(Backend):
                     _submit(executor, batch.warm_up)
                 self._executor = executor
             return self._executor
+
+    def pool_id(self) -> int | None:
+        """The running executor's identity (None before the first run or after a stop)."""
+        executor = self._executor
+        return None if executor is None else id(executor)
 
     def resize(self, n_workers: int) -> None:
         """Use ``n_workers`` workers from the next run on (the pool is rebuilt lazily)."""

@@ -28,7 +28,15 @@ from .board import BATCH, FINISHED, LOADING, RUNNING, BoardSlot
 from .environment import pack_result
 from .protocol import RESERVED, BatchResult, Payload, PayloadRef
 from .streams import for_run as _streams_for_run
-from .tracking import CapturedWatch, ItemRef, ItemTracker, is_atomic
+from .tracking import (
+    CapturedWatch,
+    ItemChange,
+    ItemRef,
+    ItemTracker,
+    effect_value_refs,
+    element_changes,
+    is_atomic,
+)
 from .writeback import WritebackError, merge_into
 
 
@@ -133,21 +141,22 @@ class _BatchState:
         self.tracker: ItemTracker | None = None
         self.split = False
 
-    def split_iterations(self) -> None:
+    def split_iterations(self, body: Any) -> None:
         """--cache: as each iteration starts, note the effects and locals the one before left.
 
-        Installed last (over the tracking and timeout marks): the body calls it directly,
-        so its caller's frame is the body's.
+        ``body`` is the batch function's code: its frame (the caller's, or further up where
+        the random streams wrap ``mark`` too) holds the locals.
         """
-        self.split = True
+        self.split, self.body = True, body
         inner, result = self.mark, self.result
 
         def mark(now: float) -> None:
             if result.marks:
                 frame = sys._getframe(1)
-                result.splits.append(
-                    (self.current, len(result.effects), _user_locals(frame.f_locals))
-                )
+                while frame is not None and frame.f_code is not body:
+                    frame = frame.f_back
+                names = _user_locals(frame.f_locals) if frame is not None else {}
+                result.splits.append((self.current, len(result.effects), names))
             inner(now)
 
         self.mark = mark
@@ -207,7 +216,7 @@ class _BatchState:
         if self.tracker is not None:  # compare the items again, from the new start
             self.track_items(self.tracker.items, self._single)
         if self.split:
-            self.split_iterations()
+            self.split_iterations(self.body)
 
     @property
     def current(self) -> int:
@@ -276,6 +285,7 @@ def run_batch(
     items: list,
     slot: BoardSlot | None = None,
     stop_at_effect: int | None = None,
+    pack: bool = True,
 ) -> BatchResult:
     """Run the loop body for ``items`` (iterations ``start``, ``start+1``, ...).
 
@@ -284,6 +294,7 @@ def run_batch(
     and a batch the kernel has given up on returns at once with ``ran == 0``.
     ``stop_at_effect=j`` runs the batch again only to return the locals as they are
     when its j-th effect statement runs (that effect failed in the kernel).
+    ``pack=False`` leaves the result unpickled (a part of a batch run one by one).
     """
     if slot is not None:
         if slot.cancelled():
@@ -300,7 +311,7 @@ def run_batch(
     elif payload.track_changes and not all(is_atomic(item) for item in items):
         state.track_items(items, payload.effect_sites == 1)  # ints, strings: nothing to track
     if payload.split and stop_at_effect is None:
-        state.split_iterations()
+        state.split_iterations(fn.__code__)
     watch = _cache.watch if stop_at_effect is None and _cache.watch is not None else None
     before = watch.snapshot() if watch is not None and watch.watched else None
     if slot is not None and not track:
@@ -347,10 +358,11 @@ def run_batch(
     result = state.result  # a new one when the streams ran the batch again
     if before is not None and watch.changed(before):
         if len(items) > 1:  # which iteration did it? run them again one by one, from fresh copies
-            return _one_by_one(ref, start, items, slot, payload.collect)
-        _captured_changes(payload, before, result)
+            result = _one_by_one(ref, start, items, slot, payload.collect)
+        else:
+            _captured_changes(ref, payload, before, result)
     result.ran = len(result.marks)
-    if payload.pickle_locals:
+    if payload.pickle_locals and pack:
         pickle_locals(result)
     return result
 
@@ -363,7 +375,7 @@ def _one_by_one(
     _cache.key = None
     parts = []
     for i, item in enumerate(items):
-        part = run_batch(ref, start + i, [item], slot)
+        part = run_batch(ref, start + i, [item], slot, pack=False)
         parts.append(part)
         if part.errors and not collect:
             break
@@ -389,7 +401,6 @@ def _concat(parts: list[BatchResult]) -> BatchResult:
         out.locals.update(part.locals)
         out.unsent_locals += part.unsent_locals
         out.refs = out.refs or part.refs
-        out.ran += part.ran
     return out
 
 
@@ -482,16 +493,27 @@ def _refs_in_locals(state: _BatchState) -> None:
             state.result.refs = True
 
 
-def _captured_changes(payload: Payload, before: list, result: BatchResult) -> None:
-    """A captured value (or a called function's global) changed in this one-iteration batch:
-    the iteration fails, naming it; the kernel's object would never see the change."""
+def _captured_changes(ref: PayloadRef, payload: Payload, before: list, result: BatchResult) -> None:
+    """A captured value (or a called function's global) changed in this one-iteration batch.
+
+    Elements of a captured container changed in place (``m = models[k]; m.fit(X)``)
+    travel back like changed items, to be merged into the kernel's own elements; any
+    other change fails the iteration, naming it: the kernel's object would never see it.
+    """
     from ..errors import CapturedChangeError
 
-    changed = _cache.watch.changed(before)
+    watch = _cache.watch
+    changed = watch.changed(before)
     if not changed or not result.marks:
         return
-    label, value = changed[0]
     k = result.start
+    elements = _changed_elements(ref, watch, changed, k, len(result.effects))
+    if elements is not None:
+        result.item_changes += elements
+        _refer_to_elements(result, elements, payload.captured, payload.effect_sites == 1)
+        _cache.key = None  # the next batch starts again from the kernel's copies
+        return
+    label, value = changed[0]
     error = CapturedChangeError(
         f"iteration {k} changed the captured {label} "
         f"({type(value).__module__}.{type(value).__qualname__}) in its worker "
@@ -500,6 +522,47 @@ def _captured_changes(payload: Payload, before: list, result: BatchResult) -> No
         "return the value from the function instead, or run with --backend threads"
     )
     result.errors = [e for e in result.errors if e[0] != k] + [(k, error, "")]
+
+
+def _refer_to_elements(
+    result: BatchResult, elements: list[ItemChange], captured: dict, single: bool
+) -> None:
+    """Locals and effect values that are a changed element travel as references to it,
+    so the kernel binds and appends its own object (``m is models["lr"]`` after the loop)."""
+    refs = {}
+    for change in elements:
+        name, key = change.element
+        refs[id(captured[name][key])] = ItemRef(change.k, element=change.element)
+
+    def own(value: Any) -> Any:
+        return refs.get(id(value), value)
+
+    for name, value in result.locals.items():
+        result.locals[name] = own(value)
+    if single:  # one effect site: bare values; else (effect id, values)
+        result.effects = [tuple(own(v) for v in values) for values in result.effects]
+    else:
+        result.effects = [(eid, tuple(own(v) for v in vs)) for eid, vs in result.effects]
+    result.refs = True
+
+
+def _changed_elements(
+    ref: PayloadRef, watch: CapturedWatch, changed: list, k: int, effects: int
+) -> list[ItemChange] | None:
+    """Each changed captured value as element changes, or None if one cannot be."""
+    pristine = None
+    out = []
+    for label, value in changed:
+        name = watch.names.get(label)
+        if name is None:  # a called function's global: not reached through a local name
+            return None
+        if pristine is None:
+            pristine = ref.load().captured  # the values as the kernel sent them
+        elements = element_changes(pristine.get(name), value)
+        if elements is None:
+            return None
+        out += [ItemChange(k, effects, state, (name, key)) for key, state in elements]
+    return out
 
 
 class _StopAtEffect(Exception):
@@ -545,6 +608,10 @@ def pickle_locals(result: BatchResult) -> None:
     refs = {k: v for k, v in result.locals.items() if isinstance(v, ItemRef)}
     for name in refs:
         del result.locals[name]
+    single = _cache.payload is None or _cache.payload.effect_sites == 1
+    refs.update(effect_value_refs(result.locals, result.effects, single))
+    for name in refs:
+        result.locals.pop(name, None)
     pack_result(result)
     result.locals.update(refs)
 

@@ -76,19 +76,87 @@ def digest_of(obj: Any) -> bytes | None:
 
 @dataclass(frozen=True)
 class ItemRef:
-    """Stands for iteration ``k``'s item (``part`` >= 0: that element of a tuple item)."""
+    """Stands for iteration ``k``'s item (``part`` >= 0: that element of a tuple item), or,
+    with ``element`` ``(name, key)``, for the kernel's ``name[key]`` of a captured container."""
 
     k: int
     part: int = -1
+    element: tuple[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class EffectValueRef:
+    """A local that is one of the batch's effect values (``forest.append(tree)``, then
+    ``tree``): the kernel binds the very object the effect used, so identity holds."""
+
+    record: int
+    position: int
+
+
+def effect_value_refs(locals_: dict[str, Any], effects: list, single: bool) -> dict[str, Any]:
+    """For each non-atomic local that *is* an effect value of the batch, its reference.
+
+    Only the last records are searched (the locals are the last iteration's).
+    """
+    wanted = {id(v): name for name, v in locals_.items() if not is_atomic(v)}
+    found: dict[str, Any] = {}
+    if not wanted:
+        return found
+    for i in range(len(effects) - 1, max(-1, len(effects) - 65), -1):
+        values = effects[i] if single else effects[i][1]
+        for j, value in enumerate(values):
+            name = wanted.pop(id(value), None)
+            if name is not None:
+                found[name] = EffectValueRef(i, j)
+        if not wanted:
+            break
+    return found
 
 
 @dataclass
 class ItemChange:
-    """Iteration ``k`` changed its item: its new state, and the effects recorded before it."""
+    """Iteration ``k`` changed its item: its new state, and the effects recorded before it.
+
+    ``element`` names an element of a captured container instead of the item:
+    ``(name, key)`` for ``name[key]`` (``m = models[k]; m.fit(X)``).
+    """
 
     k: int
     effects_before: int
     state: bytes
+    element: tuple[str, Any] | None = None
+
+
+def element_changes(pristine: Any, changed: Any) -> list[tuple[Any, bytes]] | None:
+    """The elements of a list, tuple or dict changed in place, with their new states.
+
+    None when the container itself changed (its length or keys, an atomic element
+    replaced) or is of another kind: such a change cannot be written back element by
+    element. ``pristine`` is the container as the kernel sent it.
+    """
+    if type(pristine) is not type(changed):
+        return None
+    if type(changed) is dict:
+        if list(pristine) != list(changed):
+            return None
+        pairs = [(key, pristine[key], changed[key]) for key in changed]
+    elif type(changed) in (list, tuple):
+        if len(pristine) != len(changed):
+            return None
+        pairs = list(zip(range(len(changed)), pristine, changed, strict=True))
+    else:
+        return None
+    out = []
+    for key, old, new in pairs:
+        before, after = state_of(old), state_of(new)
+        if before is None or after is None:
+            return None
+        if before == after:
+            continue
+        if is_atomic(old) or is_atomic(new) or type(old) is not type(new):
+            return None  # an element replaced, not changed in place
+        out.append((key, after))
+    return out or None
 
 
 class ItemTracker:
@@ -147,17 +215,21 @@ class CapturedWatch:
 
     def __init__(self, captured: dict[str, Any]):
         self.watched: list[tuple[str, Any]] = []
+        #: label -> the captured name, for values captured under their own name
+        self.names: dict[str, str] = {}
         seen: set[int] = set()
         for name, value in captured.items():
-            self._add(repr(name), value, seen)
+            if self._add(repr(name), value, seen):
+                self.names[repr(name)] = name
             if isinstance(value, types.FunctionType):
                 self._add_globals(value, seen, depth=0)
 
-    def _add(self, label: str, value: Any, seen: set[int]) -> None:
+    def _add(self, label: str, value: Any, seen: set[int]) -> bool:
         if id(value) in seen or is_atomic(value) or isinstance(value, _UNWATCHED):
-            return
+            return False
         seen.add(id(value))
         self.watched.append((label, value))
+        return True
 
     def _add_globals(self, fn: types.FunctionType, seen: set[int], depth: int) -> None:
         if depth > 3:
