@@ -175,7 +175,13 @@ def test_a_folder_of_someone_else_or_writable_by_others_is_refused(tmp_path: Pat
     with pytest.raises(CacheError, match="writable by group or others"):
         disk.Store(str(loose))
     with pytest.raises(CacheError, match="writable by group or others"):
-        parmagic.run_cell("for i in range(3):\n    pass\n", {}, cache=str(loose), progress=False)
+        parmagic.run_cell(
+            "for i in range(3):\n    pass\n",
+            {},
+            backend="threads",
+            cache=str(loose),
+            progress=False,
+        )
     if os.getuid() != 0:
         pytest.skip("giving a folder to another user needs root")
     foreign = tmp_path / "foreign"
