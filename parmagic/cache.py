@@ -331,8 +331,13 @@ class Store:
 
     def __init__(self, folder: str):
         self.folder = os.path.abspath(folder)
-        _private_folder(self.folder)
-        self.key = load_key()
+        try:
+            _private_folder(self.folder)
+            self.key = load_key()
+        except OSError as exc:  # a folder that cannot be made or read
+            raise CacheError(
+                f"parmagic: cannot use the cache folder {self.folder}: {exc}"
+            ) from None
 
     def _loop_folder(self, loop: str) -> str:
         return os.path.join(self.folder, loop)

@@ -191,6 +191,13 @@ def test_a_folder_of_someone_else_or_writable_by_others_is_refused(tmp_path: Pat
         disk.Store(str(foreign))
 
 
+def test_a_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    disk.Store(str(tmp_path / "c"))
+    Path(disk.key_path()).chmod(0o644)
+    with pytest.raises(CacheError, match="readable by others"):
+        disk.Store(str(tmp_path / "c"))
+
+
 WRITER = """
 import pickle, sys
 from parmagic import cache as disk
