@@ -192,17 +192,29 @@ class Fingerprinter:
         for const in code.co_consts:
             if isinstance(const, types.CodeType):
                 self._code(const, h)
-            else:
-                h.update(repr((type(const).__name__, const)).encode())
+            else:  # not repr: a frozenset constant's order follows the string hashes
+                h.update(self.value(const))
 
     def _class(self, cls: type, h: Any) -> None:
+        """A class by its bases, methods and attributes. An attribute that cannot be pickled
+        (a dataclass's field table, an ABC's registry: derived from what is fingerprinted
+        anyway) counts by its type."""
         for base in cls.__bases__:
             h.update(self.value(base, cls.__qualname__))
-        skip = {"__dict__", "__weakref__", "__module__", "__qualname__", "__doc__"}
         for name, attr in sorted(vars(cls).items()):
-            if name in skip:
+            if name in _CLASS_SKIP:
                 continue
-            h.update(name.encode() + b"=" + self.value(_unwrap(attr), f"{cls.__qualname__}.{name}"))
+            try:
+                digest = self.value(_unwrap(attr), f"{cls.__qualname__}.{name}")
+            except Unhashable:
+                kind = type(attr)
+                digest = f"type:{kind.__module__}.{kind.__qualname__}".encode()
+            h.update(name.encode() + b"=" + digest)
+
+
+_CLASS_SKIP = frozenset(
+    {"__dict__", "__weakref__", "__module__", "__qualname__", "__doc__", "_abc_impl"}
+)
 
 
 def _unwrap(attr: Any) -> Any:

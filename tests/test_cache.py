@@ -103,6 +103,48 @@ def test_classes_count_by_their_methods_and_recursion_ends() -> None:
     assert fp(one["Model"]()) == fp(two["Model"]())  # an instance: its class by its code
 
 
+FINGERPRINTS = '''
+from parmagic import cache as disk
+ns = {"__name__": "__main__"}
+exec("""
+import abc, dataclasses, enum
+@dataclasses.dataclass
+class Point:
+    x: int = 1
+    tags: list = dataclasses.field(default_factory=list)
+class Shape(abc.ABC):
+    @abc.abstractmethod
+    def area(self): ...
+class Square(Shape):
+    def area(self):
+        return 4
+class Colour(enum.Enum):
+    RED = 1
+def known(word):
+    return word in {"alpha", "beta", "gamma", "delta"}
+""", ns)
+values = [ns[n] for n in ("Point", "Shape", "Square", "Colour", "known")]
+values += [ns["Point"](2, ["a"]), ns["Square"](), {"x", "y", "z"}]
+print(" ".join(disk.Fingerprinter().value(v).hex() for v in values))
+'''
+
+
+def test_fingerprints_hold_in_another_process_whatever_its_string_hashes() -> None:
+    """Dataclasses, ABCs, enums and set constants: no hash-ordered or unpicklable part."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", FINGERPRINTS],
+            env={**env, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert runs[0] == runs[1] and len(runs[0].split()) == 8
+
+
 def test_values_sets_and_arrays() -> None:
     assert fp({"b", "a", "c"}) == fp({"c", "b", "a"})
     words = [f"w{i}" for i in range(50)]
