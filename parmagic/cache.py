@@ -344,7 +344,11 @@ class Store:
     def __init__(self, folder: str):
         self.folder = os.path.abspath(folder)
         try:
+            new = not os.path.isdir(self.folder)
             _private_folder(self.folder)
+            if new:  # as pytest and ruff do with theirs: not for version control
+                with open(os.path.join(self.folder, ".gitignore"), "w") as f:
+                    f.write("# made by parmagic --cache\n*\n")
             self.key = load_key()
         except OSError as exc:  # a folder that cannot be made or read
             raise CacheError(

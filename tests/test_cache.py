@@ -182,6 +182,7 @@ def test_entries_are_private_signed_and_named(tmp_path: Path) -> None:
     assert oct((tmp_path / "c").stat().st_mode & 0o777) == "0o700"
     assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
     assert oct(Path(disk.key_path()).stat().st_mode & 0o777) == "0o600"
+    assert (tmp_path / "c" / ".gitignore").read_text().endswith("*\n")
     assert store.read("loop", "00000001-a.pmc")["index"] == 1
     # an entry copied under another name, or into another loop, does not read as valid
     (path.parent / "00000002-b.pmc").write_bytes(path.read_bytes())
