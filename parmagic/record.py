@@ -137,6 +137,7 @@ class RunRecord:
         """``RunRecord('for i in range(10):', success, 10/10 done, 2 workers (loky), 1.23s)``."""
         counts = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
         failed = f", {self.failed} failed" if self.failed else ""
+        failed += f", {self.from_cache} from cache" if self.from_cache else ""
         workers = f"{self.n_workers} worker{'s' if self.n_workers != 1 else ''}"
         return (
             f"RunRecord({self.label!r}, {self.outcome}, {counts} done{failed}, "

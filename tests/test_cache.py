@@ -365,6 +365,8 @@ def test_a_rerun_replays_in_order_and_a_grown_range_runs_only_the_new_items(
     assert (ns["results"], ns["total"], ns["i"], ns["v"]) == (values, total, 10, 100)
     record = parmagic.last_run()
     assert (record.done, record.from_cache) == (11, 8)
+    assert "11/11 done, 8 from cache" in repr(record)
+    assert [it.status for it in record.iterations] == ["done"] * 11
     assert "".join(f"it {i}\n" for i in range(8)) in first
     assert "".join(f"it {i}\n" for i in range(11)) in again  # replayed output, in order
     assert "11 done (8 from cache)" in Summary(record).text()
