@@ -120,6 +120,9 @@ class LoopRun:
     written: dict[int, tuple[int, Any]] = field(default_factory=dict)
     streams: LoopStreams | None = None  # random generators: their streams and draws
     cache: disk.LoopCache | None = None  # --cache: this loop's entries on disk
+    #: --cache: committed batches not written yet (written once the flight counts them
+    #: committed, so that a stop button landing in a write cannot commit them twice)
+    unsaved: list[tuple[BatchResult, list]] = field(default_factory=list)
 
     @property
     def collect(self) -> bool:
@@ -208,6 +211,7 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False) -> Any:
         if not dry:
             run.streams.finish(notice=not step.analysis.seeds_itself)
         if run.cache is not None:
+            _save_committed(run)
             _close_cache(run.cache, run.backend.in_kernel)
     if dry:
         if run.failures:
@@ -369,6 +373,13 @@ def _bind_target(run: LoopRun, item: Any) -> None:
     names = {ITEM: item}
     exec(step.bind_target, names)
     run.final_locals.update({n: _KernelObject(names[n]) for n in step.target_names})
+
+
+def _save_committed(run: LoopRun) -> None:
+    """Write the entries of the batches committed so far (--cache)."""
+    while run.unsaved:
+        result, chunk = run.unsaved.pop(0)
+        _save(run, result, chunk)
 
 
 def _save(run: LoopRun, result: BatchResult, chunk: list) -> None:
@@ -570,6 +581,7 @@ def _pump(run: LoopRun, flight: Flight, batcher: Batcher, judge: AutoSerial | No
                 raise KeyboardInterrupt  # a worker got the stop button first
             stop = _commit(run, result, chunk)
             flight.committed(len(chunk))
+            _save_committed(run)
             if result.from_cache:
                 continue  # took no time: nothing for the batcher or the judge to learn
             batcher.observe(result)
@@ -700,7 +712,7 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
     if result.from_cache:
         _bind_target(run, chunk[result.ran - 1])
     elif run.cache is not None:
-        _save(run, result, chunk)
+        run.unsaved.append((result, chunk))
     if run.streams is not None:
         run.streams.saw(result.drew)
     return run.first_error is not None and not run.collect
