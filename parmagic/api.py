@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from typing import Any
@@ -147,7 +148,8 @@ def clear_cache(folder: str | None = None, loop: str = "") -> int:
     ``loop``); returns how many were removed."""
     from . import cache
 
-    return cache.Store(cache_folder(folder)).clear(loop)
+    where = cache_folder(folder)
+    return cache.Store(where).clear(loop) if os.path.isdir(where) else 0
 
 
 def shutdown() -> None:

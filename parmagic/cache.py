@@ -444,6 +444,8 @@ def format_size(size: float) -> str:
 
 def describe(folder: str) -> str:
     """``%parmagic cache``: the loops in ``folder`` with their entries and sizes."""
+    if not os.path.isdir(folder):  # looking does not make one
+        return f"parmagic cache {os.path.abspath(folder)}: no such folder yet"
     store = Store(folder)
     loops = store.loops()
     out = io.StringIO()

@@ -502,6 +502,9 @@ def test_the_api_shows_and_clears_the_cache(tmp_path: Path) -> None:
     assert "1 loop(s)" in text and "4 entries" in text and "for i in range(N):" in text
     assert parmagic.clear_cache(folder) == 4
     assert "0 loop(s)" in parmagic.cache_info(folder)
+    missing = str(tmp_path / "none")
+    assert "no such folder yet" in parmagic.cache_info(missing)
+    assert parmagic.clear_cache(missing) == 0 and not os.path.exists(missing)
 
 
 def test_pmap_and_a_session_default(tmp_path: Path) -> None:
