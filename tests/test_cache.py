@@ -448,6 +448,26 @@ def test_random_draws_resume_as_a_full_run_draws_them(tmp_path: Path, backend: s
     assert draws(8, cache=True) == (*full[:4], 8)  # the generator moves on after a replay
 
 
+def test_collect_keeps_the_iterations_that_succeeded(tmp_path: Path) -> None:
+    ns = namespace(tmp_path, 6)
+    os.unlink(ns["NEEDED"])  # g fails from iteration 3 on (0-2 do not call it)
+    with pytest.raises(parmagic.CollectedErrors):
+        run(ns, tmp_path, "threads", on_error="collect")
+    assert ns["results"] == [0, 1, 2]
+    Path(ns["NEEDED"]).touch()
+    run(ns, tmp_path, "threads", on_error="collect")
+    assert ns["results"] == expected(6)[0] and parmagic.last_run().from_cache == 3
+
+
+def test_a_comprehension_is_replayed_into_its_list(tmp_path: Path) -> None:
+    ns = namespace(tmp_path, 0)
+    source = "squares = [f(x) for x in range(5)]\n"
+    for _ in range(2):
+        run(ns, tmp_path, "threads", source=source)
+    assert ns["squares"] == expected(5)[0] and parmagic.last_run().from_cache == 5
+    assert calls(tmp_path) == {i: 1 for i in range(5)}
+
+
 def test_an_unhashable_item_or_value_is_not_cached_and_said_once(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
