@@ -459,6 +459,26 @@ def test_collect_keeps_the_iterations_that_succeeded(tmp_path: Path) -> None:
     assert ns["results"] == expected(6)[0] and parmagic.last_run().from_cache == 3
 
 
+def test_iterations_before_a_captured_change_are_kept(tmp_path: Path) -> None:
+    """A process worker that changed a captured object runs its batch again one iteration
+    at a time; the iterations before the one that did are kept one by one too."""
+    ns = define("""
+        def note(i):
+            if i == 2:
+                seen.append(i)  # a global of the function, changed in the worker
+            return i * 10
+    """)
+    ns["seen"] = []
+    source = "out = []\nfor i in range(4):\n    v = note(i)\n    out.append(v)\n"
+    states = []
+    for _ in range(2):
+        with pytest.raises(parmagic.CapturedChangeError):
+            run(ns, tmp_path, "multiprocessing", source=source, chunksize=4)
+        states.append((ns["out"], ns["v"]))
+    assert states[0] == states[1] and states[0][0][:2] == [0, 10]
+    assert parmagic.last_run().from_cache == 2
+
+
 def test_a_comprehension_is_replayed_into_its_list(tmp_path: Path) -> None:
     ns = namespace(tmp_path, 0)
     source = "squares = [f(x) for x in range(5)]\n"

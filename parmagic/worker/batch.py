@@ -386,9 +386,14 @@ def _concat(parts: list[BatchResult]) -> BatchResult:
     """Consecutive one-iteration results as one batch result (effect counts offset)."""
     import dataclasses
 
+    split = _cache.payload is not None and _cache.payload.split
     out = parts[0]
+    last_locals = dict(out.locals)
     for part in parts[1:]:
         n = len(out.effects)
+        if split:  # --cache: the iteration before this part ended here, with its own locals
+            out.splits.append((part.start - 1, n, last_locals))
+            last_locals = dict(part.locals)
         out.effects += part.effects
         out.outputs += [(k, stream, text, before + n) for k, stream, text, before in part.outputs]
         out.item_changes += [
