@@ -47,7 +47,16 @@ import runners as R
 import workloads as W
 from harness import Stat, Workload, run_workload
 from runners import ENGINE_CELL, ENGINE_PMAP, JOBLIB, MAGIC_PAR, MP_POOL, MPIRE, SERIAL
-from synthetic import cold_child, run_cold, w_bigarg, w_cpu, w_progress, w_seed, w_tiny
+from synthetic import (
+    cold_child,
+    run_cold,
+    w_bigarg,
+    w_cache_rerun,
+    w_cpu,
+    w_progress,
+    w_seed,
+    w_tiny,
+)
 
 # --------------------------------------------------------------------------- main
 
@@ -156,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "nb-gmm": lambda: realnb.w_gmm(quick, n),
             "nb-kmeans": lambda: realnb.w_kmeans(quick, n),
             "nb-pandas": lambda: realnb.w_pandas(quick, n),
+            "cache-rerun": lambda: w_cache_rerun(quick, n),  # resume (issue 15)
         }
         keys = [k for k in named if not only or k in only or k.split("-")[0] in only]
         workloads = [named[k] for k in keys]

@@ -264,6 +264,53 @@ def w_progress(size: int, n_jobs: int, min_repeats: int = 0) -> Workload:
     )
 
 
+# --------------------------------------------------------------------------- resume (issue 15)
+
+CACHE_MAGIC = "%%parallel --cache, rerun (magic)"
+CACHE_ENGINE = "run_cell cache=, rerun (engine)"
+
+
+def w_cache_rerun(quick: bool, n_jobs: int) -> Workload:
+    """A 200-iteration loop rerun from a full ``--cache`` against the plain loop.
+
+    The untimed warm-up call has the timed size, so it fills the cache: every timed
+    parmagic call is a rerun that replays all 200 iterations from disk (read, verify the
+    HMAC, unpickle, apply in order) and runs none. ``%%parallel`` without the cache and
+    the serial loop are the references.
+    """
+    import shutil
+    import tempfile
+
+    secs = 0.001 if quick else 0.005
+    folder = tempfile.mkdtemp(prefix="bench-cache-")  # 0700, removed by cleanup
+
+    def cell(n: int) -> str:
+        return f"results = []\nfor i in range({n}):\n    results.append(sleep({secs}) or i)\n"
+
+    def run(tool: str, n: int):
+        ns = {"sleep": W.sleep}
+        if tool == SERIAL:
+            return [W.sleep(secs) or i for i in range(n)]
+        if tool == CACHE_ENGINE:
+            R.PM.cell(cell(n), ns, n_jobs=n_jobs, cache=folder)
+            return ns["results"]
+        flag = f" --cache {folder}" if tool == CACHE_MAGIC else ""
+        return R.PM.shell(f"%%parallel -n {n_jobs}{flag}\n{cell(n)}", ns, "results")
+
+    return Workload(
+        name="cache-rerun",
+        n_jobs=n_jobs,
+        size=200,
+        warm_size=200,
+        tools=[CACHE_MAGIC, CACHE_ENGINE, MAGIC_PAR, SERIAL],
+        runner=run,
+        expected=lambda n: list(range(n)),
+        guard=False,  # sleeping iterations: other load barely matters
+        note=f"200 x time.sleep({secs}), rerun from a full --cache, vs %%parallel and serial",
+        cleanup=lambda: shutil.rmtree(folder, ignore_errors=True),
+    )
+
+
 # --------------------------------------------------------------------------- cold start
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import pmap, run_cell, shutdown, status
+from .api import cache_info, clear_cache, pmap, run_cell, shutdown, status
 from .engine import last_run, recent_runs
 from .errors import (
     BackendUnavailableError,
+    CacheError,
     CapturedChangeError,
     CollectedErrors,
     IterationTimeoutError,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "CacheError",
     "CapturedChangeError",
     "CollectedErrors",
     "IterationRecord",
@@ -56,6 +58,8 @@ __all__ = [
     "UnsendableValueError",
     "WorkerDiedError",
     "WritebackError",
+    "cache_info",
+    "clear_cache",
     "config",
     "defaults",
     "last_run",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from typing import Any
@@ -123,6 +124,32 @@ def status() -> dict[str, Any]:
     info["iterations_run"] = engine.iterations_run()
     info["defaults"] = defaults()
     return info
+
+
+def cache_folder(folder: str | None = None) -> str:
+    """The folder ``%parmagic cache`` looks at: ``folder``, the session's ``--cache`` default,
+    or the one beside the notebook."""
+    from . import cache
+
+    if folder is not None:
+        return cache.resolve_folder(folder)
+    return cache.resolve_folder(defaults().cache) or cache.default_folder()
+
+
+def cache_info(folder: str | None = None) -> str:
+    """The loops kept in a ``--cache`` folder: key, first line, entries and size, as text."""
+    from . import cache
+
+    return cache.describe(cache_folder(folder))
+
+
+def clear_cache(folder: str | None = None, loop: str = "") -> int:
+    """Remove the entries of a ``--cache`` folder (of the loops whose key starts with
+    ``loop``); returns how many were removed."""
+    from . import cache
+
+    where = cache_folder(folder)
+    return cache.Store(where).clear(loop) if os.path.isdir(where) else 0
 
 
 def shutdown() -> None:

@@ -25,6 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
+from . import cache as disk
 from .analysis import check_conditions, check_plan_conditions
 from .backends.base import Backend
 from .batching import AutoSerial, Batcher
@@ -35,7 +36,7 @@ from .options import Options
 from .record import ERROR, INTERRUPTED, SUCCESS, RunRecord, TaskRecord
 from .replay_output import STREAMS as RICH_STREAMS
 from .replay_output import replay, routed_in_kernel, settings
-from .rewrite import SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
+from .rewrite import ITEM, SLICE, VALUES, CellPlan, KernelStep, LoopStep, replay_module
 from .streams import LoopStreams
 from .supervisor import Supervisor
 from .tracebacks import worker_frames, worker_traceback
@@ -47,6 +48,8 @@ from .worker.writeback import merge_into
 
 #: Batches in flight per worker: enough to keep every worker fed while results travel.
 IN_FLIGHT_PER_WORKER = 2
+#: --cache: at most this many batches wait committed-to-be (cached ones are read ahead).
+CACHED_AHEAD = 64
 #: How long rerunning a batch for the locals at a failed kernel-side effect may take.
 PROBE_SECONDS = 30
 #: How long the engine waits for a result before it refreshes progress anyway.
@@ -121,6 +124,10 @@ class LoopRun:
     #: id from being reused (enumerate and zip recycle their tuples once dropped)
     written: dict[int, tuple[int, Any]] = field(default_factory=dict)
     streams: LoopStreams | None = None  # random generators: their streams and draws
+    cache: disk.LoopCache | None = None  # --cache: this loop's entries on disk
+    #: --cache: committed batches not written yet (written once the flight counts them
+    #: committed, so that a stop button landing in a write cannot commit them twice)
+    unsaved: list[tuple[BatchResult, list]] = field(default_factory=list)
 
     @property
     def collect(self) -> bool:
@@ -141,6 +148,9 @@ def run_plan(plan: CellPlan, cell: CellRun, loop_runner: Any = None) -> Any:
     """
     __tracebackhide__ = True
     check_plan_conditions(plan.steps, cell.namespace)  # refusals that depend on types
+    folder = disk.resolve_folder(cell.options.cache)
+    if folder is not None and plan.loops:
+        disk.Store(folder)  # a folder that is not safe to use is refused before the cell runs
     _runs.clear()
     run_step = loop_runner or run_loop
     value = None
@@ -185,8 +195,9 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False, label: str = "") 
     started = time.perf_counter()
     items = _Source(iter(iterable))
     supervisor = None
+    run.cache = None if dry else _open_cache(step, cell)
     try:  # from here on, the stop button at any moment leaves nothing behind
-        payload = _payload(step, cell, backend, dry)
+        payload = _payload(step, cell, backend, dry, split=run.cache is not None)
         run.streams = LoopStreams.start(payload, backend)
         run.ref = backend.publish(payload)
         supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
@@ -230,6 +241,9 @@ def _clean_up(run: LoopRun, supervisor: Supervisor | None, dry: bool) -> None:
         run.listener.on_finish(run.record)
     if run.streams is not None and not dry:
         run.streams.finish(notice=not run.step.analysis.seeds_itself)
+    if run.cache is not None:
+        _save_committed(run)
+        _close_cache(run.cache, run.backend.in_kernel)
 
 
 class _Source:
@@ -344,7 +358,9 @@ def _make_replays(
     return make(accumulator)
 
 
-def _payload(step: LoopStep, cell: CellRun, backend: Backend, dry: bool = False) -> Payload:
+def _payload(
+    step: LoopStep, cell: CellRun, backend: Backend, dry: bool = False, split: bool = False
+) -> Payload:
     namespace = cell.namespace
     captured = {n: namespace[n] for n in step.analysis.captured if n in namespace}
     captured[SLICE] = slice
@@ -365,7 +381,145 @@ def _payload(step: LoopStep, cell: CellRun, backend: Backend, dry: bool = False)
         # process workers capture displays, warnings, log records under the kernel's settings
         rich=None if backend.in_kernel or dry else settings(),
         env=None if backend.in_kernel else capture_environment(key),
+        split=split,
     )
+
+
+# --------------------------------------------------------------------------- --cache
+
+
+def _open_cache(step: LoopStep, cell: CellRun) -> disk.LoopCache | None:
+    """The loop's entries on disk (``--cache``), or None: off, or the loop cannot be keyed."""
+    folder = disk.resolve_folder(cell.options.cache)
+    if folder is None:
+        return None
+    roots = {effect.root for effect in step.analysis.effects}  # applied in the kernel
+    names = sorted(step.analysis.captured - roots)
+    captured = {n: cell.namespace[n] for n in names if n in cell.namespace}
+    found = disk.open_loop(folder, step.key_source, captured, step.source_line)
+    if isinstance(found, str):
+        print(f"parmagic: --cache: this loop is not cached: {found}", file=sys.stderr)
+        return None
+    return found
+
+
+def _close_cache(cache: disk.LoopCache, in_kernel: bool) -> None:
+    """Say once why some iterations were not kept; keep the folder under its size limit.
+
+    Iterations that ran in the kernel (threads, serial, auto-serial's rest) may have changed
+    a captured object, or a global that a called function reads, in place: the entries of a
+    run during which the key changed are removed (replaying them would skip that change).
+    """
+    if in_kernel and cache.written and not cache.key_still_holds():
+        cache.forget_written()
+        cache.note(
+            "key",
+            "the loop changed a captured value (or a global a called function reads) while "
+            "it ran: this run's iterations are not cached",
+        )
+    for note in cache.notes:
+        print(f"parmagic: --cache: {note}", file=sys.stderr)
+    if cache.written:
+        cache.store.evict()
+
+
+def _from_cache(run: LoopRun, start: int, chunk: list) -> list[tuple[int, list, Any]]:
+    """A chunk as pieces (start, items, cached result or None): cached iterations are
+    replayed, the others run."""
+    entries = [run.cache.lookup(k, item) for k, item in enumerate(chunk, start)]
+    pieces, offset = [], 0
+    for hit, group in itertools.groupby(entries, key=lambda entry: entry is not None):
+        found = list(group)
+        items = chunk[offset : offset + len(found)]
+        result = _cached_result(run, start + offset, found) if hit else None
+        pieces.append((start + offset, items, result))
+        offset += len(found)
+    return pieces
+
+
+def _cached_result(run: LoopRun, start: int, entries: list[dict]) -> BatchResult:
+    """Cached iterations as a batch result, committed like a worker's (no time taken)."""
+    now = time.perf_counter()
+    result = BatchResult(start=start, ran=len(entries), pid=0, from_cache=True)
+    result.marks, result.end = [now] * len(entries), now
+    for k, entry in enumerate(entries, start):
+        n = len(result.effects)
+        result.effects += entry["effects"]
+        result.outputs += [
+            (k, stream, text, before + n) for stream, text, before in entry["outputs"]
+        ]
+        result.locals.update(entry["locals"])
+        result.drew += [i for i in entry.get("drew", ()) if i not in result.drew]
+    if not run.backend.pickles_locals:
+        import cloudpickle
+
+        result.locals = {name: cloudpickle.loads(v) for name, v in result.locals.items()}
+    return result
+
+
+def _bind_target(run: LoopRun, item: Any) -> None:
+    """After cached iterations, the loop target is the kernel's own last item."""
+    step = run.step
+    if step.bind_target is None or not step.bind_locals:
+        return
+    names = {ITEM: item}
+    exec(step.bind_target, names)
+    run.final_locals.update({n: _KernelObject(names[n]) for n in step.target_names})
+
+
+def _save_committed(run: LoopRun) -> None:
+    """Write the entries of the batches committed so far (--cache)."""
+    while run.unsaved:
+        result, chunk = run.unsaved.pop(0)
+        _save(run, result, chunk)
+
+
+def _save(run: LoopRun, result: BatchResult, chunk: list) -> None:
+    """Keep each committed iteration of a worker's batch on disk (written by the kernel)."""
+    if result.refs or result.item_changes:
+        run.cache.note("changed", disk.ITEM_CHANGED)
+        return
+    failed = {k for k, _, _ in result.errors}
+    ends = {k: (n, names) for k, n, names in result.splits}
+    last = result.start + result.ran - 1
+    ends.setdefault(last, (len(result.effects), result.locals))
+    outputs: dict[int, list] = {}
+    for k, stream, text, before in result.outputs:
+        outputs.setdefault(k, []).append((stream, text, before))
+    begin = 0
+    for k in range(result.start, last + 1):
+        if k not in ends:  # not noted (a batch run again one by one): keep what is known
+            return
+        end, names = ends[k]
+        if k not in failed:
+            entry = {
+                "index": k,
+                "effects": result.effects[begin:end],
+                "outputs": [(s, t, b - begin) for s, t, b in outputs.get(k, ())],
+                "locals": _stored_locals(run, names),
+                "drew": result.drew,  # its batch's generators: they move on after a replay too
+            }
+            run.cache.save(k, chunk[k - result.start], entry)
+        begin = end
+
+
+def _stored_locals(run: LoopRun, names: dict[str, Any]) -> dict[str, bytes]:
+    """Body locals as pickles (the target is bound from the item on replay)."""
+    from .worker.environment import pack_locals
+
+    target = set(run.step.target_names)
+    stored, values = {}, {}
+    for name, value in names.items():
+        if name in target:
+            continue
+        if isinstance(value, _KernelObject):  # the object an effect used: kept as a copy
+            values[name] = value.value
+        elif not run.backend.pickles_locals:
+            values[name] = value
+        elif isinstance(value, bytes):  # pickled in the worker already
+            stored[name] = value
+    stored.update(pack_locals(values)[0])
+    return stored
 
 
 Pending = tuple[int, list]  # (first iteration, items) of a batch not yet committed
@@ -394,6 +548,8 @@ class Flight:
         #: batches to take from the iterable at most (auto-serial's probe wave); None: all
         self.batch_cap: int | None = None
         self.taken = 0
+        #: --cache: a chunk -> its pieces, the cached ones with their result (_from_cache)
+        self.lookup: Callable[[int, list], list[tuple[int, list, Any]]] | None = None
 
     def fill(self) -> None:
         """Submit batches until every worker has its share in flight or nothing is left."""
@@ -403,17 +559,35 @@ class Flight:
             else:
                 if self.batch_cap is not None and self.taken >= self.batch_cap:
                     return
+                if len(self.ready) >= CACHED_AHEAD:  # cached results wait their turn
+                    return
                 chunk = list(itertools.islice(self.items, self.batcher.next_size()))
                 if not chunk:
                     self.exhausted = True
                     return
-                self.taken += 1
                 start, self.submitted = self.submitted, self.submitted + len(chunk)
+                if self.lookup is not None:
+                    self._take_cached(start, chunk)
+                    continue
+                self.taken += 1
             # a worker process being started must not be cut off half-way (it would be
             # left waiting for its set-up forever): the stop button lands after the submit
             with held_interrupts(not self.supervisor.backend.in_kernel):
                 future = self.supervisor.submit(run_batch, self.ref, start, chunk)
                 self.in_flight[future] = (start, chunk)
+
+    def _take_cached(self, start: int, chunk: list) -> None:
+        """--cache: cached pieces of a chunk are ready at once; the others are submitted."""
+        pieces = self.lookup(start, chunk)
+        for piece_start, items, cached in pieces:
+            if cached is not None:
+                self.ready[piece_start] = (cached, items)
+            else:
+                with held_interrupts(not self.supervisor.backend.in_kernel):
+                    future = self.supervisor.submit(run_batch, self.ref, piece_start, items)
+                    self.in_flight[future] = (piece_start, items)
+        if any(cached is None for _, _, cached in pieces):
+            self.taken += 1  # only batches that run count for auto-serial's probe wave
 
     def wait(self, timeout: float) -> None:
         """Wait up to ``timeout`` for a batch to finish; settle every finished one."""
@@ -465,6 +639,8 @@ def _drive(run: LoopRun, items: Iterator, supervisor: Supervisor) -> None:
     __tracebackhide__ = True
     batcher = Batcher(run.record.total, run.backend.n_workers, run.cell.options.chunksize)
     flight = Flight(items, batcher, supervisor, run.ref)
+    if run.cache is not None:
+        flight.lookup = lambda start, chunk: _from_cache(run, start, chunk)
     judge = _auto_serial(run, flight)
     try:
         if _pump(run, flight, batcher, judge):
@@ -491,18 +667,22 @@ def _pump(run: LoopRun, flight: Flight, batcher: Batcher, judge: AutoSerial | No
     committed = 0
     while True:
         flight.fill()
-        if not flight.in_flight:
+        if not flight.in_flight and flight.next_ready() is None:
             break
-        flight.wait(POLL_SECONDS)
+        if flight.in_flight:
+            flight.wait(POLL_SECONDS)
         while not stop and (ready := flight.next_ready()) is not None:
             result, chunk = ready
             if _stopped_by_sigint(result):
                 raise KeyboardInterrupt  # a worker got the stop button first
-            batcher.observe(result)
             began = time.perf_counter()
             with held_interrupts():  # whole batches: the stop button lands after this one
                 stop = _commit(run, result, chunk)
                 flight.committed(len(chunk))
+                _save_committed(run)
+            if result.from_cache:
+                continue  # took no time: nothing for the batcher or the judge to learn
+            batcher.observe(result)
             batcher.observe_commit(len(chunk), time.perf_counter() - began)
             if judge is not None and not judge.decided:
                 committed += 1
@@ -542,7 +722,7 @@ def _to_kernel(run: LoopRun, flight: Flight, batcher: Batcher, note: str) -> Fli
     from .backends.local import SerialBackend
 
     serial = SerialBackend()
-    ref = serial.publish(_payload(run.step, run.cell, serial))
+    ref = serial.publish(_payload(run.step, run.cell, serial, split=run.cache is not None))
     if run.backend.pickles_locals and run.final_locals:
         import cloudpickle
 
@@ -554,6 +734,7 @@ def _to_kernel(run: LoopRun, flight: Flight, batcher: Batcher, note: str) -> Fli
     run.backend, run.ref = serial, ref
     kernel = Flight(flight.items, batcher, Supervisor(serial, run.cell.options.timeout, 1), ref)
     kernel.next_start, kernel.submitted = flight.next_start, flight.submitted
+    kernel.lookup = flight.lookup
     kernel.retry = flight.retry
     run.record.ran_in_kernel_from = flight.next_start
     run.record.auto_serial_note = note
@@ -617,6 +798,7 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
         end=result.end,
         worker=result.pid,
         outputs=outputs,
+        cached=result.from_cache,
     )
     for k, exc, tb in result.errors:
         item = chunk[k - result.start]
@@ -626,6 +808,10 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
     if result.refs or any(isinstance(v, EffectValueRef) for v in result.locals.values()):
         _own_locals(run, result, chunk)
     run.final_locals.update(result.locals)
+    if result.from_cache:
+        _bind_target(run, chunk[result.ran - 1])
+    elif run.cache is not None:
+        run.unsaved.append((result, chunk))
     if run.streams is not None:
         run.streams.saw(result.drew)
     return run.first_error is not None and not run.collect

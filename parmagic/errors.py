@@ -10,7 +10,8 @@
     ├── CapturedChangeError           an iteration changed a captured object in its worker
     ├── WritebackError                a changed loop item cannot be updated in place
     ├── CollectedErrors               --on-error collect: every failed iteration, at the end
-    └── BackendUnavailableError       a backend's optional dependency is missing
+    ├── BackendUnavailableError       a backend's optional dependency is missing
+    └── CacheError                    a --cache folder or key that is not safe to use
 
 An exception raised by the user's own code in an iteration is re-raised in the
 kernel as itself (so ``except ZeroDivisionError`` still works), with a
@@ -65,6 +66,11 @@ class WorkerDiedError(ParmagicError):
 
 class BackendUnavailableError(_OneLineError):
     """A backend's optional dependency is not installed, or its cluster is unreachable."""
+
+
+class CacheError(_OneLineError):
+    """A ``--cache`` folder (or the key that signs its entries) that is not safe to use:
+    owned by someone else, or writable by others; nothing ran."""
 
 
 class CollectedErrors(ParmagicError):

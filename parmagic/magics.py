@@ -276,22 +276,37 @@ class ParallelMagics(Magics):
         return values[0], values[1:]
 
     @magic_arguments()
-    @_usage("%parmagic [status]", "%parmagic config [options]", "%parmagic shutdown")
+    @_usage(
+        "%parmagic [status]",
+        "%parmagic config [options]",
+        "%parmagic cache [clear [KEY]] [--cache DIR]",
+        "%parmagic shutdown",
+    )
     @_option_arguments
-    @argument("command", nargs="?", default="status", help="status (default), config or shutdown")
+    @argument(
+        "command", nargs="?", default="status", help="status (default), config, cache or shutdown"
+    )
+    @argument("words", nargs="*", help="cache: clear, then a loop's key (or its start)")
     @line_magic
     def parmagic(self, line: str) -> Any:
-        """The kernel's pool and the session defaults.
+        """The kernel's pool, the session defaults and the --cache folder.
 
         %parmagic status shows the backend, workers, their pids and memory, and how many
         iterations ran. %parmagic config lists the defaults later cells get, and with
         options changes them (all or nothing: a bad value changes none).
+        %parmagic cache lists the loops kept in the cache folder (the --cache default, or
+        the folder beside the notebook; --cache DIR for another) with their entries and
+        size; %parmagic cache clear removes them (clear KEY: one loop's).
         %parmagic shutdown stops the pools; the next parallel cell starts fresh ones.
         """
         args = parse_line(self.parmagic, line)
         if args is None:
             return None
         options = options_from_args(args)
+        if args.command == "cache":
+            return self._cache(args.words, options)
+        if args.words:
+            raise UsageError(f"%parmagic {args.command}: unexpected {' '.join(args.words)!r}")
         if options and args.command != "config":
             raise UsageError("options go with %parmagic config, e.g. %parmagic config -n 4")
         if args.command == "status":
@@ -304,9 +319,22 @@ class ParallelMagics(Magics):
             print("parmagic: pools shut down; the next parallel cell starts a fresh one")
         else:
             raise UsageError(
-                f"%parmagic {args.command}: unknown command; use status, config or shutdown"
+                f"%parmagic {args.command}: unknown command; use status, config, cache or shutdown"
             )
         return None
+
+    def _cache(self, words: list[str], options: dict[str, Any]) -> None:
+        """``%parmagic cache [clear [KEY]]``: list or clear the --cache folder's entries."""
+        if set(options) - {"cache"}:
+            raise UsageError("%parmagic cache takes one option: --cache DIR (the folder)")
+        folder = options.get("cache")
+        if not words:
+            print(api.cache_info(folder))
+        elif words[0] == "clear" and len(words) <= 2:
+            count = api.clear_cache(folder, words[1] if len(words) == 2 else "")
+            print(f"parmagic: cleared {count} entries from {api.cache_folder(folder)}")
+        else:
+            raise UsageError("%parmagic cache [clear [KEY]]: list the cache, or clear it")
 
 
 def _refuse_inside_a_worker(magic: str) -> None:

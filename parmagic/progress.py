@@ -106,6 +106,7 @@ class Progress:
     started: float | None = None
     done: int = 0
     failed: int = 0
+    cached: int = 0  # --cache: of ``done``, replayed from disk
     busy: int = 0
     finished_at: float | None = None
     _ema: float = field(default=0.0, repr=False)  # biased moving average of the rate
@@ -126,6 +127,7 @@ class Progress:
     def observe(self, record: RunRecord, busy: int) -> None:
         """Take the record's counts of committed iterations and feed the rate average."""
         self.done, self.failed = record.done, record.failed
+        self.cached = record.from_cache
         self.busy = busy
         self._sample(self.clock())
 
@@ -141,6 +143,7 @@ class Progress:
     def recount(self, record: RunRecord) -> None:
         """Take the final counts of ``record``."""
         self.done, self.failed = record.done, record.failed
+        self.cached = record.from_cache
 
     def finish(self, record: RunRecord) -> None:
         """Freeze the clock and take the final counts; no worker is busy any more."""
@@ -228,6 +231,8 @@ class Progress:
             parts.append(f"{self.busy}/{self.n_workers} busy")
         if self.failed:
             parts.append(f"{self.failed} failed")
+        if self.cached:
+            parts.append(f"{self.cached} from cache")
         return f"[{', '.join(parts)}]"
 
     def line(self, label: str, outcome: str | None = None) -> str:

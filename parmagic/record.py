@@ -51,6 +51,7 @@ class TaskRecord:
     errors: dict[int, BaseException] = field(default_factory=dict)
     outputs: dict[int, str] = field(default_factory=dict)
     items: dict[int, Any] = field(default_factory=dict)  # items of failed iterations
+    cached: bool = False  # replayed from the --cache folder: not run, no time, no worker
 
     def __repr__(self) -> str:
         """``TaskRecord(#0-#7, 8 iterations on pid 4711, 0.51s, 1 failed)``: one short line."""
@@ -125,11 +126,18 @@ class RunRecord:
     #: gain from workers), and the numbers behind that choice; None / "" when it did not
     ran_in_kernel_from: int | None = None
     auto_serial_note: str = ""
+    from_cache: int = 0  # --cache: iterations replayed from disk instead of run (in ``done``)
+
+    @property
+    def ran_tasks(self) -> list[TaskRecord]:
+        """The batches that ran on a worker (not those replayed from the cache)."""
+        return [task for task in self.tasks if not task.cached]
 
     def __repr__(self) -> str:
         """``RunRecord('for i in range(10):', success, 10/10 done, 2 workers (loky), 1.23s)``."""
         counts = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
         failed = f", {self.failed} failed" if self.failed else ""
+        failed += f", {self.from_cache} from cache" if self.from_cache else ""
         workers = f"{self.n_workers} worker{'s' if self.n_workers != 1 else ''}"
         return (
             f"RunRecord({self.label!r}, {self.outcome}, {counts} done{failed}, "
@@ -141,6 +149,8 @@ class RunRecord:
         self.tasks.append(task)
         self.failed += len(task.errors)
         self.done += task.count - len(task.errors)
+        if task.cached:
+            self.from_cache += task.count
         self.task_time += task.duration
         self._iterations = None
 

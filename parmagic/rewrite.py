@@ -20,6 +20,7 @@ from .analysis import RESERVED, LoopAnalysis, analyse_loop, effect_value_nodes
 ACC = RESERVED + "acc"  # a comprehension's accumulator, replayed in the kernel
 VALUES = RESERVED + "v"  # the worker-evaluated values of one effect
 SLICE = RESERVED + "slice"  # the builtin slice, under a name the user cannot shadow
+ITEM = RESERVED + "item"  # --cache: a cached iteration's item, bound to the loop target
 
 _COMP_METHODS = {ast.ListComp: "append", ast.SetComp: "add"}
 
@@ -47,6 +48,11 @@ class LoopStep:
     assign: CodeType | None = None  # comprehension: `targets = __pm_v` run in the kernel
     is_last_expr: bool = False  # comprehension whose value the cell displays
     bind_locals: bool = True  # for loops leave their locals behind; comprehensions do not
+    #: --cache: the loop's kind, target and body as ast.unparse writes them (not its iterable)
+    key_source: str = ""
+    #: --cache: the target's names, and `target = __pm_item` (None: a target that is not names)
+    target_names: tuple[str, ...] = ()
+    bind_target: CodeType | None = None
 
 
 @dataclass
@@ -204,9 +210,29 @@ def _step(
     iterable = compile(ast.Expression(loop.iter), filename, "eval")
     batch_code, replays = build_batch_function(loop, analysis, filename)
     source_line = lines[loop.lineno - 1].strip() if 0 < loop.lineno <= len(lines) else ""
-    return LoopStep(
+    step = LoopStep(
         kind, loop.lineno, source_line, iterable, batch_code, replays, analysis, **extra
     )
+    step.key_source, step.target_names, step.bind_target = _cache_parts(kind, loop, filename)
+    return step
+
+
+def _cache_parts(
+    kind: str, loop: ast.For, filename: str
+) -> tuple[str, tuple[str, ...], CodeType | None]:
+    """What ``--cache`` keys a loop by (kind, target, body; not the iterable), the target's
+    names, and the code that binds them to an item (None for a target that is not names)."""
+    bare = ast.For(target=loop.target, iter=ast.Name("_", ast.Load()), body=loop.body, orelse=[])
+    ast.copy_location(bare, loop)
+    key_source = f"{kind}\n{ast.unparse(bare)}"
+    leaves = [n for n in ast.walk(loop.target) if not isinstance(n, ast.expr_context)]
+    names = tuple(n.id for n in leaves if isinstance(n, ast.Name))
+    if not all(isinstance(n, ast.Name | ast.Tuple | ast.List | ast.Starred) for n in leaves):
+        return key_source, names, None
+    target = copy.deepcopy(loop.target)
+    assign = ast.Assign(targets=[target], value=ast.Name(ITEM, ast.Load()))
+    module = ast.fix_missing_locations(ast.Module([ast.copy_location(assign, loop)], []))
+    return key_source, names, compile(module, filename, "exec")
 
 
 def build_batch_function(

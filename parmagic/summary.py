@@ -94,7 +94,7 @@ class WorkerStats:
 def worker_stats(record: RunRecord) -> list[WorkerStats]:
     """Per worker pid: iteration count and busy seconds, in order of first start."""
     by_pid: dict[int, list[TaskRecord]] = defaultdict(list)
-    for task in record.tasks:
+    for task in record.ran_tasks:
         by_pid[task.worker].append(task)
     order = sorted(by_pid, key=lambda pid: min(t.start for t in by_pid[pid]))
     return [
@@ -111,7 +111,7 @@ def startup_seconds(record: RunRecord) -> float:
     still starting then. The first iteration's start, on the worker's wall clock,
     covers both; clamped to the wall time (a remote clock may be off).
     """
-    first = min((t.start for t in record.tasks), default=None)
+    first = min((t.start for t in record.ran_tasks), default=None)
     measured = record.startup if first is None else max(record.startup, first - record.started)
     return max(0.0, min(measured, record.wall))
 
@@ -145,6 +145,8 @@ def failure_text(record: RunRecord) -> str:
 def iteration_counts(record: RunRecord) -> str:
     """``7 done, 1 failed, 8 not run (of 16)``; without a total, ``the rest not run``."""
     parts = [f"{record.done} done", f"{record.failed} failed"]
+    if record.from_cache:
+        parts[0] += f" ({record.from_cache} from cache)"
     if record.total is None:
         # record.cancelled holds dropped batches, not iterations: no count to give
         return ", ".join(parts + (["the rest not run"] if record.cancelled else []))
@@ -172,7 +174,7 @@ def timeline_rows(record: RunRecord) -> list[tuple[str, list[Segment]]]:
     """Rows of the timeline: one per worker pid (more if its tasks overlapped, as threads do)."""
     rows: list[tuple[str, list[Segment]]] = []
     for stats in worker_stats(record):
-        mine = [t for t in record.tasks if t.worker == stats.pid]
+        mine = [t for t in record.ran_tasks if t.worker == stats.pid]
         for lane_no, lane in enumerate(_lanes(record, mine)):
             name = f"pid {stats.pid}" + (f" #{lane_no + 1}" if lane_no else "")
             rows.append((name, lane))
@@ -361,6 +363,7 @@ class Summary:
         r = self.record
         counts = f"{r.done}/{r.total}" if r.total is not None else f"{r.done}"
         failed = f", {r.failed} failed" if r.failed else ""
+        failed += f", {r.from_cache} from cache" if r.from_cache else ""
         return (
             f"{loop_name(r.label)}: {counts} done{failed} in {format_seconds(r.wall)} on "
             f"{r.n_workers} worker{'s' if r.n_workers != 1 else ''} ({r.backend}) · "

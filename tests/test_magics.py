@@ -116,7 +116,7 @@ def test_bad_config_changes_nothing(ip, capsys) -> None:
 def test_unknown_parmagic_command(ip, capsys) -> None:
     result, _, _ = run(ip, "%parmagic restart", capsys)
     assert isinstance(result.error_in_exec, UsageError)
-    assert "status, config or shutdown" in str(result.error_in_exec)
+    assert "status, config, cache or shutdown" in str(result.error_in_exec)
 
 
 def test_status_and_shutdown(ip, capsys) -> None:

@@ -139,6 +139,27 @@ class _BatchState:
         # the body calls mark(perf_counter()) per iteration: a bare list.append when it can
         self.mark = self._mark_and_arm if timeout or track else result.marks.append
         self.tracker: ItemTracker | None = None
+        self.split = False
+
+    def split_iterations(self, body: Any) -> None:
+        """--cache: as each iteration starts, note the effects and locals the one before left.
+
+        ``body`` is the batch function's code: its frame (the caller's, or further up where
+        the random streams wrap ``mark`` too) holds the locals.
+        """
+        self.split, self.body = True, body
+        inner, result = self.mark, self.result
+
+        def mark(now: float) -> None:
+            if result.marks:
+                frame = sys._getframe(1)
+                while frame is not None and frame.f_code is not body:
+                    frame = frame.f_back
+                names = _user_locals(frame.f_locals) if frame is not None else {}
+                result.splits.append((self.current, len(result.effects), names))
+            inner(now)
+
+        self.mark = mark
 
     def track_items(self, items: list, single_effect: bool) -> None:
         """Compare each non-atomic item before and after its iteration (process workers)."""
@@ -194,6 +215,8 @@ class _BatchState:
         self.mark = self._mark_and_arm if self.timeout or self.track else result.marks.append
         if self.tracker is not None:  # compare the items again, from the new start
             self.track_items(self.tracker.items, self._single)
+        if self.split:
+            self.split_iterations(self.body)
 
     @property
     def current(self) -> int:
@@ -287,6 +310,8 @@ def run_batch(
         state.stop_at = stop_at_effect
     elif payload.track_changes and not all(is_atomic(item) for item in items):
         state.track_items(items, payload.effect_sites == 1)  # ints, strings: nothing to track
+    if payload.split and stop_at_effect is None:
+        state.split_iterations(fn.__code__)
     watch = _cache.watch if stop_at_effect is None and _cache.watch is not None else None
     before = watch.snapshot() if watch is not None and watch.watched else None
     if slot is not None and not track:
@@ -361,15 +386,21 @@ def _concat(parts: list[BatchResult]) -> BatchResult:
     """Consecutive one-iteration results as one batch result (effect counts offset)."""
     import dataclasses
 
+    split = _cache.payload is not None and _cache.payload.split
     out = parts[0]
+    last_locals = dict(out.locals)
     for part in parts[1:]:
         n = len(out.effects)
+        if split:  # --cache: the iteration before this part ended here, with its own locals
+            out.splits.append((part.start - 1, n, last_locals))
+            last_locals = dict(part.locals)
         out.effects += part.effects
         out.outputs += [(k, stream, text, before + n) for k, stream, text, before in part.outputs]
         out.item_changes += [
             dataclasses.replace(c, effects_before=c.effects_before + n) for c in part.item_changes
         ]
         out.marks += part.marks
+        out.splits += [(k, before + n, names) for k, before, names in part.splits]
         out.end = part.end
         out.errors += part.errors
         out.locals.update(part.locals)

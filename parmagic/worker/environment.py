@@ -301,6 +301,21 @@ def pack_exception(exc: BaseException) -> BaseException | Packed:
     return Packed(data, fallback)
 
 
+def pack_locals(names: dict[str, Any]) -> tuple[dict[str, bytes], list[str]]:
+    """Locals as cloudpickle bytes one by one; the names of those that cannot travel."""
+    import cloudpickle
+
+    packed, unsent = {}, []
+    for name, value in names.items():
+        try:
+            if not sendable_local(value):
+                raise TypeError(f"{type(value).__name__} stays in the worker")
+            packed[name] = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            unsent.append(name)
+    return packed, unsent
+
+
 def pack_result(result: Any) -> None:
     """Prepare a batch's result (a ``BatchResult``) for the trip to the kernel, in place.
 
@@ -308,16 +323,9 @@ def pack_result(result: Any) -> None:
     travel stay behind and are named in ``unsent_locals``); effect values and
     exceptions travel by value where needed.
     """
-    import cloudpickle
-
-    for name, value in list(result.locals.items()):
-        try:
-            if not sendable_local(value):
-                raise TypeError(f"{type(value).__name__} stays in the worker")
-            result.locals[name] = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            del result.locals[name]
-            result.unsent_locals.append(name)
+    result.locals, unsent = pack_locals(result.locals)
+    result.unsent_locals += unsent
+    result.splits = [(k, n, pack_locals(names)[0]) for k, n, names in result.splits]
     if result.effects:
         try:
             result.effects = Packed(dumps_by_value(result.effects))

@@ -52,6 +52,9 @@ class Payload:
     #: the thread budget workers apply at each batch start (worker.budget.ThreadBudget);
     #: None for in-kernel backends
     threads: Any = None
+    #: --cache: note each iteration's effect count and locals (BatchResult.splits), so the
+    #: kernel can keep every iteration on its own
+    split: bool = False
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # unpickling applies the environment first, then unpickles the captured values,
@@ -184,6 +187,10 @@ class BatchResult:
     item_changes: list[Any] = field(default_factory=list)  # tracking.ItemChange, in order
     refs: bool = False  # some effect value or local is a tracking.ItemRef to resolve
     drew: list[str] = field(default_factory=list)  # generator ids the batch drew from
+    #: --cache (Payload.split): (k, effects recorded by the end of iteration k, the body's
+    #: locals then) for each iteration but the batch's last (len(effects) and locals)
+    splits: list[tuple[int, int, dict]] = field(default_factory=list)
+    from_cache: bool = False  # replayed from the --cache folder, not run
 
     def __getstate__(self) -> dict[str, Any]:
         # a big batch's marks travel as one array of doubles: a list of 12,500 floats costs
