@@ -603,6 +603,7 @@ def test_on_dask_the_kernel_writes_the_entries(
     # multiprocessing's spawn (the cluster's worker) reads
     monkeypatch.setattr(sys.modules["__main__"], "__spec__", None, raising=False)
 
+    environ = dict(os.environ)  # the cluster's nanny sets OMP_NUM_THREADS=1 & co. here
     cluster = LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0")
     try:
         with Client(cluster):
@@ -612,6 +613,8 @@ def test_on_dask_the_kernel_writes_the_entries(
             run(ns, tmp_path, "dask")
     finally:
         cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)
     assert ns["results"] == expected(8)[0] and parmagic.last_run().from_cache == 6
     assert calls(tmp_path) == {i: 1 for i in range(8)}
 
