@@ -127,6 +127,8 @@ class Supervisor:
         self.blind = 0
         #: batches whose worker died somewhere inside them: rerun tracked, first iteration -> cause
         self._suspects: dict[int, str] = {}
+        #: iterations already run once more after a death that may not have been theirs
+        self._second_chances: set[int] = set()
 
     def submit(self, run_batch: Callable, ref: Any, start: int, chunk: list) -> Future:
         """Submit one batch; with a board, the batch gets a slot to report into."""
@@ -151,6 +153,8 @@ class Supervisor:
                 return [Piece(start, chunk, future.result())]
             if isinstance(exc, BrokenExecutor) and slot is not None:
                 return self._recover(exc, start, chunk, slot)
+            if self._maybe_a_bystander(exc, start, chunk):
+                return [Piece(start + i, [item]) for i, item in enumerate(chunk)]
             if len(chunk) > 1:
                 # the batch failed as a whole (its result could not travel back): run its
                 # iterations one by one, so that the failure lands on the one that causes it
@@ -159,6 +163,17 @@ class Supervisor:
         finally:
             if slot is not None:
                 self.board.release(slot)
+
+    def _maybe_a_bystander(self, exc: BaseException, start: int, chunk: list) -> bool:
+        """A death that may have hit this batch only because it waited on the dying worker:
+        the first time, its iterations are run again one by one (the culprit dies again)."""
+        if not (isinstance(exc, WorkerDiedError) and self.backend.deaths_hit_bystanders):
+            return False
+        iterations = range(start, start + len(chunk))
+        if any(k in self._second_chances for k in iterations):
+            return False
+        self._second_chances.update(iterations)
+        return True
 
     def drop(self, future: Future) -> None:
         """A cancelled batch: free its slot (it never ran, or its result is not wanted)."""

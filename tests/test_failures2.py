@@ -489,7 +489,10 @@ worker.join()
 
 
 def test_case8_parallel_from_a_thread_uses_the_kernels_one_pool(km: Any, kc: Any) -> None:
+    warm = "%%parallel -n 2 --no-progress --no-auto-serial\nfor i in range(2):\n    pass\n"
+    assert execute(kc, warm).ok  # an earlier test may have shut the pool down
     before = value(kc, "parmagic.status()['pids']")
+    assert len(before) == 2
     ex = execute(kc, FROM_A_THREAD)
     assert ex.ok, ex.error()
     used = set(value(kc, "t8"))
@@ -508,6 +511,14 @@ def test_case8_parallel_from_a_thread_uses_the_kernels_one_pool(km: Any, kc: Any
     _, alive = psutil.wait_procs([psutil.Process(p) for p in loky if psutil.pid_exists(p)], 10)
     assert alive == [], "shutdown left workers of the thread's pool"
     assert_pools_whole(km, kc)
+
+
+def test_case8_a_pool_started_from_a_thread_outlives_the_thread(km: Any, kc: Any) -> None:
+    assert execute(kc, "%parmagic shutdown").ok
+    assert execute(kc, FROM_A_THREAD).ok  # the thread starts the pool, then ends
+    used = set(value(kc, "t8"))
+    assert used and used <= set(value(kc, "parmagic.status()['pids']")), "its workers died"
+    assert execute(kc, "%%parallel -n 2 --no-progress\nfor i in range(2):\n    pass\n").ok
 
 
 INNER_PMAP = "def inner8(x):\n    ys = %pmap abs, range(x)\n    return sum(ys)\n"

@@ -70,6 +70,10 @@ class Backend:
     #: idle workers import what the kernel imported (parmagic.preimport), through
     #: :meth:`submit`, once :meth:`pool_id` says a pool is up
     preimports: bool = False
+    #: a worker's death can also fail batches that merely waited on that worker (dask
+    #: counts every task assigned to a dying worker, queued or running, towards
+    #: ``KilledWorker``): a batch failed by a death is run once more before it is believed
+    deaths_hit_bystanders: bool = False
 
     def __init__(self, n_workers: int):
         self.n_workers = n_workers

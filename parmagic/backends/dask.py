@@ -128,6 +128,7 @@ class DaskBackend(Backend):
     name = "dask"
     output_per_thread = True
     may_finish_in_kernel = False  # a cluster the user chose
+    deaths_hit_bystanders = True  # KilledWorker also names tasks queued behind the culprit
 
     def __init__(self, n_workers: int | None, scheduler: str | None = None):
         _distributed()

@@ -15,6 +15,7 @@ import io
 import linecache
 import marshal
 import os
+import select
 import signal
 import sys
 import threading
@@ -637,22 +638,32 @@ def init_process(kernel_pid: int, threads: budget.ThreadBudget | None = None) ->
     """Initializer of every pool worker: die with the kernel, leave SIGINT to the batch,
     keep to the thread budget (``threads``, see :mod:`.budget`).
 
-    ``PR_SET_PDEATHSIG`` makes Linux SIGKILL the worker when the kernel dies, even by
-    SIGKILL (loky's workers would otherwise wait for tasks forever). SIGINT, which the
-    stop button sends to the kernel's whole process group, is ignored between batches:
-    only a running batch stops for it (``run_batch``), and an idle worker survives.
-    The worker started with SIGINT blocked (a stop button during its imports is held,
-    see ``backends.base.sigint_blocked``): unblocked once ignored, it is dropped.
+    A thread of the worker waits for the kernel to end, even by SIGKILL (loky's workers
+    would otherwise wait for tasks forever), and ends the worker then. Not
+    ``PR_SET_PDEATHSIG``: Linux sends that when the *thread* that started the worker
+    ends, and a cell run from a thread of its own starts workers from that thread.
+    SIGINT, which the stop button sends to the kernel's whole process group, is ignored
+    between batches: only a running batch stops for it (``run_batch``), and an idle
+    worker survives. The worker started with SIGINT blocked (a stop button during its
+    imports is held, see ``interrupts.sigint_blocked``): unblocked once ignored, it is
+    dropped.
     """
     ignore_sigint()
     budget.apply(threads)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # no prctl: the pool still ends with a clean exit
-            return
-    if os.getppid() != kernel_pid:  # the kernel died before the line above took effect
+    if os.getppid() != kernel_pid:  # the kernel died already
         os._exit(1)
+    threading.Thread(
+        target=_exit_with, args=(kernel_pid,), name="parmagic-kernel-watch", daemon=True
+    ).start()
+
+
+def _exit_with(kernel_pid: int) -> None:
+    """End this worker once the kernel has ended (a pidfd turns readable; else polled)."""
+    try:
+        pidfd = os.pidfd_open(kernel_pid)
+    except (AttributeError, OSError):  # not Linux 5.3+: look once a second
+        while os.getppid() == kernel_pid:
+            time.sleep(1.0)
+    else:
+        select.select([pidfd], [], [])
+    os._exit(1)
