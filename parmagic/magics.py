@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, needs_local_scope
 from IPython.core.magic_arguments import MagicHelpFormatter, argument, kwds, magic_arguments
 from IPython.utils.process import arg_split
 
@@ -238,8 +238,9 @@ class ParallelMagics(Magics):
         nargs=argparse.REMAINDER,
         help="f(x) for x in xs, or func, iterable[, iterable ...]",
     )
+    @needs_local_scope
     @line_magic
-    def pmap(self, line: str) -> Any:
+    def pmap(self, line: str, local_ns: dict | None = None) -> Any:
         """Parallel map on one line; returns a list, in order.
 
         %pmap f(x) for x in xs runs the comprehension's iterations in parallel;
@@ -249,6 +250,10 @@ class ParallelMagics(Magics):
         """
         __tracebackhide__ = True
         _refuse_inside_a_worker("%pmap")
+        # inside a function, its local names are the ones the expression means
+        names = self.shell.user_ns
+        if local_ns is not None and local_ns is not names:
+            names = {**names, **local_ns}
         args = parse_line(self.pmap, line, expression=True)
         if args is None:
             return None
@@ -260,13 +265,13 @@ class ParallelMagics(Magics):
             source = f"[{expression}]"
             filename = self.shell.compile.cache(source, cell_number(self.shell))
             with shown_from_cell(filename):
-                return api.run_cell(source, self.shell.user_ns, filename=filename, **options)
-        func, iterables = self._func_and_iterables(expression)
+                return api.run_cell(source, names, filename=filename, **options)
+        func, iterables = self._func_and_iterables(expression, names)
         return api.pmap(func, *iterables, **options)
 
-    def _func_and_iterables(self, expression: str) -> tuple[Any, tuple]:
+    def _func_and_iterables(self, expression: str, names: dict) -> tuple[Any, tuple]:
         try:
-            values = eval(compile(f"({expression},)", "<pmap>", "eval"), self.shell.user_ns)
+            values = eval(compile(f"({expression},)", "<pmap>", "eval"), names)
         except SyntaxError:
             raise UsageError(
                 f"%pmap cannot read {expression!r}: write f(x) for x in xs, or func, xs"

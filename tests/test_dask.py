@@ -257,6 +257,22 @@ def test_failing_iteration_commits_the_prefix_and_raises_its_error(
     assert ip.user_ns["out"] == [3, 5, 10]
 
 
+def test_an_iterable_raising_part_way_commits_the_yielded_prefix(
+    cluster: Cluster, capsys: pytest.CaptureFixture
+) -> None:
+    ip = shell()
+    fresh(
+        ip, SETUP + "def gen():\n    yield 1\n    yield 2\n    raise RuntimeError('gen')\n", capsys
+    )
+    cell = (
+        f"%%parallel --backend dask --scheduler {cluster.address} --no-progress\n"
+        "r = []\nfor x in gen():\n    r.append(x * 10)\n"
+    )
+    result, _, _ = run(ip, cell, capsys)
+    assert isinstance(result.error_in_exec, RuntimeError)
+    assert (ip.user_ns["r"], ip.user_ns["x"]) == ([10, 20], 2)  # as the plain loop leaves them
+
+
 def test_timeout_fails_only_the_slow_iteration(
     cluster: Cluster, capsys: pytest.CaptureFixture
 ) -> None:

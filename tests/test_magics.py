@@ -73,6 +73,22 @@ def test_pmap_both_forms(ip, capsys) -> None:
     assert "x" not in ip.user_ns  # a comprehension binds nothing
 
 
+def test_pmap_inside_a_function_means_its_local_names(ip, capsys) -> None:
+    cell = (
+        "xs = [100, 200]\n"
+        "def helper(xs):\n"
+        "    k = 3\n"
+        "    a = %pmap -n 2 --no-progress sq, xs\n"
+        "    b = %pmap -n 2 --no-progress sq(x) + k for x in xs\n"
+        "    return a, b\n"
+        "r = helper([1, 2, 3])\n"
+    )
+    result, _, err = run(ip, cell, capsys)
+    assert result.success, err
+    assert ip.user_ns["r"] == ([1, 4, 9], [4, 7, 12])  # the argument, not the global xs
+    assert "k" not in ip.user_ns and ip.user_ns["xs"] == [100, 200]
+
+
 @pytest.mark.parametrize(
     "line,needle",
     [
