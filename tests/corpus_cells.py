@@ -305,6 +305,25 @@ CASES: list[Case] = [
         "test_df",
     ),
     case(
+        "pd_weekday_columns_from_index",  # the PDSH bicycle notebook's cell
+        "pandas",
+        "daily = pd.DataFrame({'Total': np.arange(14.0)},"
+        " index=pd.date_range('2024-01-01', periods=14))\n"
+        "days = ['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun']",
+        "for i in range(7):\n    daily[days[i]] = (daily.index.day_of_week == i).astype(float)\n",
+        "daily",
+    ),
+    case(
+        "pd_read_index_of_each_frame",  # reading a frame fills pandas' caches: not a change
+        "pandas",
+        "frames = [pd.DataFrame({'v': [1.0, 2.0]}, index=pd.date_range('2024-01-0%d' % d,"
+        " periods=2)) for d in (1, 2, 3)]",
+        "weekdays = []\nfor f in frames:\n    weekdays.append(int(f.index.day_of_week.to_numpy().sum()))\n",
+        "weekdays",
+        "frames",
+        "f is frames[-1]",
+    ),
+    case(
         "pd_drop_inplace",
         "pandas",
         "strat_train = pd.DataFrame({'a': [1, 2], 'c': [0, 1]})\n"

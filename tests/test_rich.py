@@ -161,6 +161,28 @@ def test_default_warning_shown_once_with_the_cells_line(kc: Any, backend: str) -
     assert strip.sub("", err) == strip.sub("", plain.stream("stderr"))
 
 
+@pytest.mark.parametrize("backend", ["loky", "threads"])
+def test_pythons_own_default_filters_hold(kc: Any, backend: str) -> None:
+    # Python's built-in filters name their module as a plain string, not a regex
+    setup = (
+        "warnings.filters[:] = [('default', None, DeprecationWarning, '__main__', 0),"
+        " ('ignore', None, DeprecationWarning, None, 0)]"
+    )
+    body = (
+        "for i in range(3):\n"
+        "    warnings.warn_explicit('from a library', DeprecationWarning, 'lib.py', 3, module='lib')\n"
+        "    warnings.warn('from main', DeprecationWarning)\n"
+        "    print(i)\n"
+    )
+    plain, par = both(kc, body, backend, setup=setup)
+    assert par.ok, par.error()
+    assert "from a library" not in par.stream("stderr")
+    assert par.stream("stderr").count("DeprecationWarning: from main") == 1
+    assert plain.stream("stderr").count("DeprecationWarning: from main") == 1
+    assert par.stream("stdout") == plain.stream("stdout") == "0\n1\n2\n"
+    assert execute(kc, "warnings.resetwarnings(); warnings.simplefilter('default')").ok
+
+
 def test_warning_as_error_fails_the_iteration(kc: Any) -> None:
     assert execute(kc, "warnings.simplefilter('error')").ok
     ex = execute(

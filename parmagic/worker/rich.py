@@ -276,13 +276,23 @@ def _action(settings: RichSettings, text: str, category: type, module: Any, line
     """The action of the kernel's first filter that matches (as ``warnings`` chooses it)."""
     for action, msg, cat, mod, ln in settings.warning_filters:
         if (
-            (msg is None or msg.match(text))
+            _matches(msg, text)
             and issubclass(category, cat)
-            and (mod is None or mod.match(module or ""))
+            and _matches(mod, module or "")
             and (ln == 0 or lineno == ln)
         ):
             return action
     return settings.warning_default
+
+
+def _matches(pattern: Any, text: str) -> bool:
+    """A filter's message or module against ``text``, as ``warnings`` checks it: None
+    matches all, a plain string (Python's own default filters) only itself, else a regex."""
+    if pattern is None:
+        return True
+    if isinstance(pattern, str):
+        return pattern == text
+    return bool(pattern.match(text))
 
 
 # ---------------------------------------------------------------------- display

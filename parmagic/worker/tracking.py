@@ -44,11 +44,10 @@ def is_atomic(value: Any) -> bool:
 
 
 def state_of(obj: Any) -> bytes | None:
-    """The object's state as bytes (cloudpickle), or None when it cannot be pickled."""
-    import cloudpickle
-
+    """The object's state as bytes (cloudpickle, caches left out), or None when it cannot be
+    pickled."""
     try:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return _dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:  # an unpicklable object cannot be tracked (nor sent back)
         return None
 
@@ -56,8 +55,6 @@ def state_of(obj: Any) -> bytes | None:
 def digest_of(obj: Any) -> bytes | None:
     """A digest of the object's state; read-only buffers (the run's shared arrays) by size only,
     since nothing can change them."""
-    import cloudpickle
-
     h = hashlib.blake2b(digest_size=16)
 
     def buffer(buf: pickle.PickleBuffer) -> bool:
@@ -68,10 +65,66 @@ def digest_of(obj: Any) -> bytes | None:
         return False  # out of band: not copied into the stream
 
     try:
-        h.update(cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer))
+        h.update(_dumps(obj, 5, buffer))
     except Exception:  # cannot be pickled: cannot be watched
         return None
     return h.digest()
+
+
+#: Attributes that hold what an object computed from its own state, not state: pandas keeps
+#: derived values (an index's ``day_of_week``, a frame's item cache) in ``_cache``, filled
+#: by mere reads, so reading a frame would otherwise look like changing it.
+CACHE_ATTRIBUTES = frozenset({"_cache", "_item_cache"})
+
+
+def _dumps(obj: Any, protocol: int, buffer_callback: Any = None) -> bytes:
+    import io
+
+    import cloudpickle
+
+    class CacheBlindPickler(cloudpickle.Pickler):
+        def reducer_override(self, value: Any) -> Any:
+            if type(value).__module__.startswith("pandas"):
+                reduced = _without_caches(value)
+                if reduced is not None:
+                    return reduced
+            return super().reducer_override(value)
+
+    out = io.BytesIO()
+    CacheBlindPickler(out, protocol=protocol, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
+
+
+def _without_caches(value: Any) -> tuple | None:
+    """``value``'s reduction with the cache attributes left out of its state, if it has any.
+
+    The state is a dict, or (pandas' arrays) a tuple ending with the object's ``__dict__``,
+    which pandas leaves out when it is empty: so do we, and a read leaves the bytes as they were.
+    """
+    try:
+        reduced = value.__reduce_ex__(5)
+    except Exception:
+        return None
+    if not isinstance(reduced, tuple) or len(reduced) < 3:
+        return None
+    state = reduced[2]
+    if isinstance(state, dict) and not CACHE_ATTRIBUTES.isdisjoint(state):
+        state = _uncached(state)
+    elif (
+        isinstance(state, tuple)
+        and state
+        and isinstance(state[-1], dict)
+        and not CACHE_ATTRIBUTES.isdisjoint(state[-1])
+    ):
+        rest = _uncached(state[-1])
+        state = (*state[:-1], rest) if rest else state[:-1]
+    else:
+        return None
+    return (*reduced[:2], state, *reduced[3:])
+
+
+def _uncached(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k not in CACHE_ATTRIBUTES}
 
 
 @dataclass(frozen=True)
