@@ -182,3 +182,18 @@ def test_a_local_that_is_an_effect_value_is_the_same_object(ip, capsys) -> None:
     result, _, _ = run(ip, "%%parallel -n 2 --no-progress\n" + cell, capsys)
     assert result.error_in_exec is None
     assert ip.user_ns["forest"][-1] is ip.user_ns["tree"]
+
+
+def test_subplots_drawn_through_the_loop_target_fail_naming_the_axes(ip, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    run(ip, "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt", capsys)
+    cell = (
+        "fig, axes = plt.subplots(2, 2)\n"
+        "for i, ax in enumerate(axes.flat):\n"
+        "    ax.plot(np.arange(5) * i)\n"
+    )
+    result, _, _ = run(ip, "%%parallel -n 2 --no-progress\n" + cell, capsys)
+    error = result.error_in_exec
+    assert isinstance(error, parmagic.WritebackError), repr(error)  # not a raw TypeError
+    assert "iteration 0 changed part 1 of its item, a matplotlib.axes" in str(error)
+    assert [len(a.lines) for a in ip.user_ns["axes"].flat] == [0, 0, 0, 0]  # nothing half-done

@@ -188,8 +188,9 @@ class _BatchState:
             self.tracker.changes.pop()
             item = self.tracker.items[k - self.start]
             raise WritebackError(
-                f"iteration {k} changed its item, a {type(item).__qualname__}, which {exc}; "
-                "assign what you need to a kernel object instead (results.append(...))"
+                f"iteration {k} changed {_what_changed(item, self.tracker.before_copy(k))}, "
+                f"which {exc}; the kernel's object would not see the change: assign what you "
+                "need to a kernel object instead (results.append(...)), or run the loop plainly"
             ) from None
         self.result.item_changes.append(change)
 
@@ -485,6 +486,26 @@ def _run_items(payload: Payload, fn: Any, state: _BatchState, start: int, items:
             if isinstance(exc, KeyboardInterrupt) or not payload.collect:
                 return
             pos = k - start + 1
+
+
+def _what_changed(item: Any, before: Any) -> str:
+    """The changed item in words: the part of a tuple item that changed, with its type."""
+    from .tracking import state_of
+
+    if type(item) is tuple and type(before) is tuple and len(item) == len(before):
+        for j, (part, old) in enumerate(zip(item, before, strict=True)):
+            if state_of(part) != state_of(old):
+                return f"part {j} of its item, a {_type_name(part)}"
+    return f"its item, a {_type_name(item)}"
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
 
 
 def _refs_in_locals(state: _BatchState) -> None:

@@ -24,7 +24,15 @@ _OPAQUE_MODULES = ("pandas", "numpy", "scipy", "polars", "pyarrow", "torch")
 
 def merge_into(orig: Any, new: Any, memo: dict[int, Any] | None = None) -> None:
     """Make ``orig`` hold ``new``'s state, in place; raise WritebackError where impossible."""
-    memo = {} if memo is None else memo
+    try:
+        _merge_into(orig, new, {} if memo is None else memo)
+    except WritebackError:
+        raise
+    except Exception as exc:  # the object refused its new state (a weakref, a C type, ...)
+        raise WritebackError(f"cannot be updated in place ({type(exc).__name__}: {exc})") from None
+
+
+def _merge_into(orig: Any, new: Any, memo: dict[int, Any]) -> None:
     if id(new) in memo:
         return
     memo[id(new)] = orig
@@ -78,7 +86,7 @@ def _merged(orig: Any, new: Any, memo: dict) -> Any:
     if orig is new or type(orig) is not type(new) or _atomic(new):
         return new
     try:
-        merge_into(orig, new, memo)
+        _merge_into(orig, new, memo)
     except WritebackError:
         return new
     return orig
