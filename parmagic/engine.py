@@ -375,6 +375,7 @@ def _payload(
         timeout=cell.options.timeout,
         pickle_locals=backend.pickles_locals,
         output_per_thread=backend.output_per_thread,
+        private_random=backend.shares_worker_process,
         track_changes=backend.pickles_locals,
         effect_sites=len(step.replays),
         lineno=step.lineno,

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from .listener import PlainListener
-from .worker.rich import DISPLAY, LOG, STREAMS, WARNING, RichSettings
+from .worker.rich import DISPLAY, INLINE_NAMES, LOG, STREAMS, WARNING, RichSettings
 
 __all__ = ["STREAMS", "replay", "routed_in_kernel", "settings"]
 
@@ -48,6 +49,9 @@ def settings() -> RichSettings:
         config = inline.InlineBackend.instance()
         found.figure_formats = sorted(config.figure_formats)
         found.print_figure_kwargs = dict(config.print_figure_kwargs)
+    matplotlib = sys.modules.get("matplotlib")
+    backend = matplotlib.rcParams._get_backend_or_none() if matplotlib is not None else None
+    found.figures_inline = (backend or os.environ.get("MPLBACKEND")) in INLINE_NAMES
     return found
 
 

@@ -273,6 +273,41 @@ def test_an_iterable_raising_part_way_commits_the_yielded_prefix(
     assert (ip.user_ns["r"], ip.user_ns["x"]) == ([10, 20], 2)  # as the plain loop leaves them
 
 
+def test_items_and_elements_changed_in_place_reach_the_kernels_objects(
+    cluster: Cluster, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("sklearn")
+    ip = shell()
+    setup = (
+        "import numpy as np, pandas as pd\n"
+        "from sklearn.linear_model import LinearRegression, Ridge\n"
+        "X = np.arange(40.0).reshape(20, 2); y = X @ [1.0, 2.0]\n"
+        "estimators = [LinearRegression(), Ridge()]\n"
+        "frames = [pd.DataFrame({'x': [1, 2]}), pd.DataFrame({'x': [3]})]\n"
+        "models = {'a': LinearRegression(), 'b': Ridge()}\n"
+        "it = iter(range(100))\n"
+    )
+    fresh(ip, SETUP + setup, capsys)
+    magic = f"%%parallel --backend dask --scheduler {cluster.address} --no-progress\n"
+    cell = (
+        "fitted = []\nfor est in estimators:\n    est.fit(X, y)\n    fitted.append(est)\n"
+        "for df in frames:\n    df['x2'] = df['x'] ** 2\n"
+        "for k in ['a', 'b']:\n    m = models[k]\n    m.fit(X, y)\n"
+    )
+    result, _, err = run(ip, magic + cell, capsys)
+    assert result.success, err
+    ns = ip.user_ns
+    assert all(hasattr(e, "coef_") for e in [*ns["estimators"], *ns["models"].values()])
+    assert ns["est"] is ns["estimators"][-1] and ns["fitted"][0] is ns["estimators"][0]
+    assert [f["x2"].tolist() for f in ns["frames"]] == [[1, 4], [9]]
+    assert ns["m"] is ns["models"]["b"]
+    result, _, _ = run(
+        ip, magic + "out = []\nfor i in range(4):\n    out.append(next(it))\n", capsys
+    )
+    assert isinstance(result.error_in_exec, parmagic.CapturedChangeError)
+    assert next(ns["it"]) == 0  # the kernel's iterator never moved
+
+
 def test_timeout_fails_only_the_slow_iteration(
     cluster: Cluster, capsys: pytest.CaptureFixture
 ) -> None:

@@ -225,3 +225,36 @@ def test_in_kernel_backends_commit_displays_and_records_in_order(kc: Any, backen
     assert any(backend in text for text in summaries)
     assert _stdout_and_displays(seen(par)) == _stdout_and_displays(seen(plain))
     assert par.stream("stderr") == plain.stream("stderr")
+
+
+@pytest.fixture(scope="module")
+def on_dask(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``--backend`` words for a real 2-worker dask cluster on 127.0.0.1."""
+    pytest.importorskip("distributed")
+    from .test_dask import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("dask"), workers=2, threads=1) as cluster:
+        yield f"dask --scheduler {cluster.address}"
+
+
+@pytest.mark.dask
+def test_displays_figures_and_warnings_on_dask(kc: Any, on_dask: str) -> None:
+    body = (
+        "for i in range(3):\n"
+        "    print('before', i)\n"
+        "    display(Markdown(f'**{i}**'))\n"
+        "    plt.plot([0, i])\n"
+        "    plt.show()\n"
+        "    warnings.warn('quiet')\n"
+    )
+    try:
+        plain, par = both(kc, body, on_dask, setup="warnings.filterwarnings('ignore')")
+        assert seen(par) == seen(plain)
+        assert [d.get("text/markdown") for d in shown(par) if "text/markdown" in d] == [
+            f"**{i}**" for i in range(3)
+        ]
+        assert sum("image/png" in d for d in shown(par)) == 3
+        assert "quiet" not in par.stream("stderr")
+    finally:
+        assert execute(kc, "warnings.resetwarnings(); warnings.simplefilter('default')").ok
+        assert execute(kc, "%parmagic shutdown").ok  # the client goes before the cluster

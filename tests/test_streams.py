@@ -162,6 +162,21 @@ def test_dask_gives_the_same_numbers(ip, capsys, dask_cluster) -> None:
         assert NOTICE in err
 
 
+@pytest.mark.dask
+def test_on_dask_the_clusters_own_draws_are_not_the_loops(ip, capsys, dask_cluster) -> None:
+    # dask's threads draw from the random module (heartbeat jitter, peer choice) while
+    # the batches run: neither the notice nor the iterations' numbers may follow them
+    run(ip, "import random, time", capsys)
+    quiet = "for i in range(4):\n    time.sleep(0.6)\n"
+    magic = f"--backend dask --scheduler {dask_cluster.address}"
+    _, err = cell(ip, capsys, magic, quiet)
+    assert NOTICE not in err
+    draws = "random.seed(1)\nys = []\nfor i in range(4):\n    time.sleep(0.6)\n    ys.append(random.random())\n"
+    (on_dask,), err = cell(ip, capsys, magic, draws, "ys")
+    (on_loky,), _ = cell(ip, capsys, "-n 2 --backend loky", draws, "ys")
+    assert on_dask == on_loky and NOTICE in err
+
+
 def test_failing_iterations_keep_the_streams_of_the_rest(ip, capsys) -> None:
     body = (
         "np.random.seed(1)\nxs = []\nfor i in range(10):\n    v = np.random.normal()\n"

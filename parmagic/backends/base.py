@@ -74,6 +74,9 @@ class Backend:
     #: counts every task assigned to a dying worker, queued or running, towards
     #: ``KilledWorker``): a batch failed by a death is run once more before it is believed
     deaths_hit_bystanders: bool = False
+    #: a worker process also runs code that is not ours in other threads (the cluster's own,
+    #: which draws from the ``random`` module): each batch thread gets its own generator there
+    shares_worker_process: bool = False
 
     def __init__(self, n_workers: int):
         self.n_workers = n_workers

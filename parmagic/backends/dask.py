@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailableError, WorkerDiedError
 from ..worker.batch import RoutingStream, raise_in_thread
-from ..worker.protocol import InlineRef, Payload, PayloadRef
+from ..worker.protocol import Payload, PayloadRef
 from .base import Backend
 from .publish import dumps_with_buffers, unsendable_error
 
@@ -129,6 +129,7 @@ class DaskBackend(Backend):
     output_per_thread = True
     may_finish_in_kernel = False  # a cluster the user chose
     deaths_hit_bystanders = True  # KilledWorker also names tasks queued behind the culprit
+    shares_worker_process = True  # dask's own threads run beside the batches
 
     def __init__(self, n_workers: int | None, scheduler: str | None = None):
         _distributed()
@@ -378,7 +379,7 @@ def _run_registered(fn: Callable[..., Any], payload: Payload, args: tuple) -> An
             raise RuntimeError("parmagic: batch of an aborted run")
         _running.setdefault(payload.key, set()).add(ident)
     try:
-        return fn(InlineRef(payload), *args)
+        return fn(FreshCopyRef(payload), *args)
     finally:
         with _running_lock:
             _running[payload.key].discard(ident)
@@ -386,6 +387,34 @@ def _run_registered(fn: Callable[..., Any], payload: Payload, args: tuple) -> An
                 del _running[payload.key]
             # Drop an interrupt aimed at this thread that has not gone off yet.
             raise_in_thread(ident, None)
+
+
+class FreshCopyRef(PayloadRef):
+    """Worker side: the payload dask keeps, with fresh copies of its captured values.
+
+    dask hands every task of a run the same payload object, so a batch that changed a
+    captured value in place (``m = models[k]; m.fit(X, y)``) would change it for the
+    batches after it, and for the pristine copy its change is measured against. Each
+    load copies the captured values (big buffers are shared, not copied), as a process
+    worker unpickles them from the run's file.
+    """
+
+    per_thread = True
+
+    def __init__(self, payload: Payload):
+        self.key = payload.key
+        self.payload = payload
+
+    def load(self) -> Payload:
+        """The payload with copies of the captured values as the kernel sent them."""
+        import dataclasses
+        import pickle
+
+        import cloudpickle
+
+        buffers: list[pickle.PickleBuffer] = []
+        data = cloudpickle.dumps(self.payload.captured, protocol=5, buffer_callback=buffers.append)
+        return dataclasses.replace(self.payload, captured=pickle.loads(data, buffers=buffers))
 
 
 _route_lock = threading.Lock()

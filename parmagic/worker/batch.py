@@ -52,8 +52,15 @@ def raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> bool:
     return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), exc) == 1
 
 
-class _Cache:
-    """The last run's payload and compiled batch function, per worker process."""
+class _Cache(threading.local):
+    """The run a thread runs batches of: its payload, compiled batch function and watch.
+
+    A process worker runs batches in one thread. A dask worker runs them in several,
+    which act as separate workers, each with its own copy of the captured values (its
+    ref is ``per_thread`` and hands out fresh copies). The threads backend's threads
+    share one compiled run (:data:`_shared`): one set of globals, so a warning shown
+    once per location is shown once, as in the plain loop.
+    """
 
     key: str | None = None
     payload: Payload | None = None
@@ -62,25 +69,46 @@ class _Cache:
 
 
 _cache = _Cache()
+#: The last run compiled for threads that share it: (key, (payload, fn, watch)).
+_shared: list[tuple[str, tuple]] = []
+_shared_lock = threading.Lock()
 
 
 def _batch_function(ref: PayloadRef) -> tuple[Payload, Any]:
     if _cache.key != ref.key:
-        payload = ref.load()
-        glb = dict(payload.captured)
-        glb["__builtins__"] = builtins
-        glb[RESERVED + "clock"] = time.perf_counter
-        glb.setdefault("__name__", "__main__")
-        exec(marshal.loads(payload.code), glb)
-        lines = payload.source.splitlines(True)
-        linecache.cache[payload.filename] = (len(payload.source), None, lines, payload.filename)
-        fn = glb["__pm_batch"]
-        fn.__code__ = _as_cell_code(fn.__code__)
-        _cache.key, _cache.payload, _cache.fn = ref.key, payload, fn
-        # captured generators change as they draw: the random streams take care of them
-        unwatched = {k: v for k, v in payload.captured.items() if k not in payload.streams}
-        _cache.watch = CapturedWatch(unwatched) if payload.track_changes else None
+        if ref.per_thread:
+            run = _compile(ref.load())
+        else:
+            with _shared_lock:
+                if not _shared or _shared[0][0] != ref.key:
+                    _shared[:] = [(ref.key, _compile(ref.load()))]
+                run = _shared[0][1]
+        _cache.key = ref.key
+        _cache.payload, _cache.fn, _cache.watch = run
     return _cache.payload, _cache.fn
+
+
+def _compile(payload: Payload) -> tuple[Payload, Any, CapturedWatch | None]:
+    """The payload's batch function, over globals holding its captured values."""
+    glb = dict(payload.captured)
+    glb["__builtins__"] = builtins
+    glb[RESERVED + "clock"] = time.perf_counter
+    glb.setdefault("__name__", "__main__")
+    exec(marshal.loads(payload.code), glb)
+    lines = payload.source.splitlines(True)
+    linecache.cache[payload.filename] = (len(payload.source), None, lines, payload.filename)
+    fn = glb["__pm_batch"]
+    fn.__code__ = _as_cell_code(fn.__code__)
+    # captured generators change as they draw: the random streams take care of them
+    unwatched = {k: v for k, v in payload.captured.items() if k not in payload.streams}
+    return payload, fn, CapturedWatch(unwatched) if payload.track_changes else None
+
+
+def _forget_run() -> None:
+    """The next batch loads the run again: fresh copies of the values as the kernel sent them."""
+    _cache.key = None
+    with _shared_lock:
+        _shared.clear()
 
 
 def _as_cell_code(code: Any) -> Any:
@@ -374,7 +402,7 @@ def _one_by_one(
 ) -> BatchResult:
     """Run a batch again an iteration at a time, on fresh copies of the captured values,
     up to the first iteration that fails (every one, with --on-error collect)."""
-    _cache.key = None
+    _forget_run()
     parts = []
     for i, item in enumerate(items):
         part = run_batch(ref, start + i, [item], slot, pack=False)
@@ -538,7 +566,7 @@ def _captured_changes(ref: PayloadRef, payload: Payload, before: list, result: B
     if elements is not None:
         result.item_changes += elements
         _refer_to_elements(result, elements, payload.captured, payload.effect_sites == 1)
-        _cache.key = None  # the next batch starts again from the kernel's copies
+        _forget_run()  # the next batch starts again from the kernel's copies
         return
     label, value = changed[0]
     error = CapturedChangeError(

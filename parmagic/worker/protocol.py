@@ -55,6 +55,9 @@ class Payload:
     #: --cache: note each iteration's effect count and locals (BatchResult.splits), so the
     #: kernel can keep every iteration on its own
     split: bool = False
+    #: the worker process runs other code's threads too (dask): each batch thread draws
+    #: from its own generator behind the ``random`` module's functions (worker/streams.py)
+    private_random: bool = False
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # unpickling applies the environment first, then unpickles the captured values,
@@ -73,6 +76,9 @@ class PayloadRef:
     """How a task finds its run's payload; ``load`` runs in the worker."""
 
     key: str = ""
+    #: each thread that runs batches loads its own copy (dask: a worker's threads act as
+    #: separate workers); else the threads of a process share one
+    per_thread: bool = False
 
     def load(self) -> Payload:
         """Return the payload (called at most once per worker per run)."""

@@ -22,6 +22,7 @@ Imports nothing of IPython or matplotlib unless the user's code did.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import types
@@ -34,6 +35,8 @@ DISPLAY, WARNING, LOG = "display", "warning", "log"
 STREAMS = frozenset({DISPLAY, WARNING, LOG})
 
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+#: what matplotlib calls that backend (``%matplotlib inline`` sets "inline")
+INLINE_NAMES = frozenset({INLINE_BACKEND, "inline"})
 _DISPLAY_MODULE = "IPython.core.display_functions"
 
 
@@ -47,6 +50,9 @@ class RichSettings:
     log_disable: int = 0  # logging.disable's level
     figure_formats: list[str] = field(default_factory=lambda: ["png"])  # InlineBackend's
     print_figure_kwargs: dict[str, Any] = field(default_factory=lambda: {"bbox_inches": "tight"})
+    #: the kernel draws figures inline: so do the workers, whatever their own environment
+    #: (loky's inherit MPLBACKEND from the kernel, a dask worker started elsewhere does not)
+    figures_inline: bool = False
 
 
 _local = threading.local()  # .capture: the RichCapture of the batch this thread runs
@@ -168,6 +174,8 @@ def begin(state: Any, settings: RichSettings | None) -> RichCapture | None:
         _Process.captures.append(capture)
     _local.capture = capture
     _route_display()
+    if settings.figures_inline:
+        _draw_inline()
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None and _is_inline(pyplot):
         capture.inline = True
@@ -396,8 +404,16 @@ def _formatter(settings: RichSettings) -> Any:
 def _is_inline(pyplot: Any) -> bool:
     import matplotlib
 
-    backend = matplotlib.rcParams._get_backend_or_none()
-    return backend == INLINE_BACKEND
+    return matplotlib.rcParams._get_backend_or_none() in INLINE_NAMES
+
+
+def _draw_inline() -> None:
+    """Make pyplot use the inline backend, as in the kernel (once per process)."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        os.environ["MPLBACKEND"] = INLINE_BACKEND  # for a pyplot imported by an iteration
+    elif not _is_inline(pyplot):
+        pyplot.switch_backend(INLINE_BACKEND)
 
 
 def _import_inline() -> None:

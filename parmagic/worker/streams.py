@@ -29,6 +29,7 @@ import ctypes
 import hashlib
 import random
 import sys
+import threading
 from array import array
 from collections.abc import Callable
 from typing import Any
@@ -244,6 +245,46 @@ def _reseeding(state: Any, gens: list[_Gen]) -> Callable[[float], None]:
     return mark
 
 
+class _ThreadRandom(threading.local):
+    inst: random.Random | None = None
+
+
+_thread_random = _ThreadRandom()
+_random_lock = threading.Lock()
+
+
+def _random_per_thread() -> None:
+    """Give this thread its own generator behind the ``random`` module's functions.
+
+    A dask worker's own threads draw from the ``random`` module too (choosing peers,
+    jittering heartbeats): drawing from it, an iteration's stream would be theirs to
+    move, and every batch would seem to draw. Once this ran in a process, the module's
+    functions (``random.random``, ``random.seed``, ``random.getstate``, ...) draw from
+    the calling thread's own generator where it has one (a thread that runs batches),
+    else from the module's as before.
+    """
+    if _thread_random.inst is None:
+        _thread_random.inst = random.Random()
+    with _random_lock:
+        if getattr(random, "_parmagic_per_thread", False):
+            return
+        shared = random._inst  # type: ignore[attr-defined]
+        for name in dir(random):
+            bound = getattr(random, name)
+            if getattr(bound, "__self__", None) is shared and not name.startswith("_"):
+                setattr(random, name, _per_thread(name, shared))
+        random._parmagic_per_thread = True  # type: ignore[attr-defined]
+
+
+def _per_thread(name: str, shared: random.Random) -> Callable[..., Any]:
+    def draw(*args: Any, **kwargs: Any) -> Any:
+        return getattr(_thread_random.inst or shared, name)(*args, **kwargs)
+
+    draw.__name__ = draw.__qualname__ = name
+    draw.__doc__ = getattr(shared, name).__doc__
+    return draw
+
+
 def _stopped(result: Any) -> bool:
     """Stopped (stop button) or timed out: running it again would not be worth it."""
     return any(
@@ -251,7 +292,9 @@ def _stopped(result: Any) -> bool:
     )
 
 
-class _RunCache:
+class _RunCache(threading.local):
+    """The run's streams, per thread (a dask worker's threads act as separate workers)."""
+
     key: str | None = None
     streams: RunStreams | None = None
 
@@ -264,6 +307,8 @@ def for_run(payload: Any) -> RunStreams | None:
     specs = getattr(payload, "streams", None)
     if not specs:
         return None
+    if getattr(payload, "private_random", False) and GLOBAL_RANDOM in specs:
+        _random_per_thread()
     if _cache.key != payload.key:
         _cache.key, _cache.streams = payload.key, RunStreams(specs, payload.captured)
     return _cache.streams
