@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .listener import PlainListener
-from .worker.rich import DISPLAY, INLINE_NAMES, LOG, STREAMS, WARNING, RichSettings
+from .worker.rich import DISPLAY, INLINE_NAMES, LOG, STREAMS, WARNING, CategoryRef, RichSettings
 
 __all__ = ["STREAMS", "replay", "routed_in_kernel", "settings"]
 
@@ -39,7 +39,9 @@ def settings() -> RichSettings:
         if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
             levels[name] = logger.level
     found = RichSettings(
-        warning_filters=list(warnings.filters),
+        warning_filters=[
+            (a, m, CategoryRef.of(c), mod, ln) for a, m, c, mod, ln in warnings.filters
+        ],
         warning_default=warnings.defaultaction,
         log_levels=levels,
         log_disable=manager.disable,

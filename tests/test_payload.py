@@ -37,3 +37,31 @@ def test_payload_is_sent_once_per_run_not_per_task() -> None:
     )
     assert ns["n"] == [20_000_000] * 200
     assert len(parmagic.last_run().tasks) == 200
+
+
+def test_warning_filters_travel_without_importing_their_categories_modules() -> None:
+    # IPython's own filters name IPython.core.completer's category: unpickling the class
+    # imported all of IPython in each worker, 50 ms at its first batch
+    import subprocess
+    import sys
+    import warnings
+
+    import cloudpickle
+    from IPython.core.completer import ProvisionalCompleterWarning
+
+    from parmagic.replay_output import settings
+    from parmagic.worker.rich import CategoryRef
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ProvisionalCompleterWarning)
+        found = settings()
+    refs = [f[2] for f in found.warning_filters if isinstance(f[2], CategoryRef)]
+    assert refs[0].resolve() is ProvisionalCompleterWarning  # here, where it is imported
+    code = (
+        "import pickle, sys; s = pickle.loads(sys.stdin.buffer.read()); "
+        "print('IPython' in sys.modules, s.warning_filters[0][2].resolve())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=cloudpickle.dumps(found), capture_output=True
+    )
+    assert out.stdout.decode().split() == ["False", "None"], out.stderr.decode()[-500:]

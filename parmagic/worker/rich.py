@@ -44,7 +44,8 @@ _DISPLAY_MODULE = "IPython.core.display_functions"
 class RichSettings:
     """The kernel's settings a worker applies during a batch (shipped in the payload)."""
 
-    warning_filters: list = field(default_factory=list)  # warnings.filters, in order
+    #: warnings.filters, in order; categories not of builtins as :class:`CategoryRef`
+    warning_filters: list = field(default_factory=list)
     warning_default: str = "default"  # warnings.defaultaction
     log_levels: dict[str, int] = field(default_factory=dict)  # logger name ("" root) -> level
     log_disable: int = 0  # logging.disable's level
@@ -53,6 +54,33 @@ class RichSettings:
     #: the kernel draws figures inline: so do the workers, whatever their own environment
     #: (loky's inherit MPLBACKEND from the kernel, a dask worker started elsewhere does not)
     figures_inline: bool = False
+
+
+@dataclass(frozen=True)
+class CategoryRef:
+    """A warning category by name: unpickling the class itself would import its module in
+    every worker (IPython's filters name ``IPython.core.completer``'s: 50 ms a worker)."""
+
+    module: str
+    qualname: str
+
+    @classmethod
+    def of(cls, category: Any) -> Any:
+        """``category`` itself if it is a builtin, else a reference to it."""
+        if getattr(category, "__module__", "builtins") == "builtins":
+            return category
+        return cls(category.__module__, category.__qualname__)
+
+    def resolve(self) -> type | None:
+        """The class, if its module is imported here (else no warning of it can be raised)."""
+        found: Any = sys.modules.get(self.module)
+        for part in self.qualname.split("."):
+            found = getattr(found, part, None)
+        return found if isinstance(found, type) else None
+
+
+def _category(cat: Any) -> type | None:
+    return cat.resolve() if isinstance(cat, CategoryRef) else cat
 
 
 _local = threading.local()  # .capture: the RichCapture of the batch this thread runs
@@ -215,7 +243,11 @@ def _install(settings: RichSettings) -> None:
     # time here, and the capture sends one per location (the kernel's registries dedupe)
     saved["filters"], saved["defaultaction"] = warnings.filters, warnings.defaultaction
     saved["showwarning"] = warnings.showwarning
-    warnings.filters = [(_always(f[0]),) + tuple(f[1:]) for f in settings.warning_filters]
+    warnings.filters = [
+        (_always(action), msg, cat, mod, ln)
+        for action, msg, ref, mod, ln in settings.warning_filters
+        if (cat := _category(ref)) is not None
+    ]
     warnings.defaultaction = _always(settings.warning_default)
     warnings._filters_mutated()
     warnings.showwarning = _showwarning
@@ -282,9 +314,11 @@ def _warning_module(filename: str) -> str | None:
 
 def _action(settings: RichSettings, text: str, category: type, module: Any, lineno: int) -> str:
     """The action of the kernel's first filter that matches (as ``warnings`` chooses it)."""
-    for action, msg, cat, mod, ln in settings.warning_filters:
+    for action, msg, ref, mod, ln in settings.warning_filters:
+        cat = _category(ref)
         if (
-            _matches(msg, text)
+            cat is not None
+            and _matches(msg, text)
             and issubclass(category, cat)
             and _matches(mod, module or "")
             and (ln == 0 or lineno == ln)
