@@ -28,6 +28,9 @@ LOKY_MAP = "loky map (chunked)"
 MP_POOL = "mp.Pool"
 MPIRE = "mpire"
 SERIAL = "serial"
+#: the %%parallel cell's own source run without the magic: the plain loop a notebook user has
+#: (a module-level loop over globals: slower than SERIAL's comprehension in a function)
+PLAIN_CELL = "plain cell"
 PARMAGIC_TOOLS = (MAGIC_PAR, MAGIC_PMAP, ENGINE_CELL, ENGINE_PMAP)
 ANCHORS = (JOBLIB, LOKY_MAP, MP_POOL, MPIRE, SERIAL)
 ALL_TOOLS = PARMAGIC_TOOLS + ANCHORS
@@ -196,7 +199,7 @@ def generic_runner(
     """
 
     def run(tool: str, size: int):
-        if tool in (ENGINE_CELL, MAGIC_PAR, MAGIC_PAR_KERNEL, MAGIC_PMAP):
+        if tool in (ENGINE_CELL, MAGIC_PAR, MAGIC_PAR_KERNEL, MAGIC_PMAP, PLAIN_CELL):
             # the cell forms read the namespace only (the others, only ``items``)
             scope = ns(size) if callable(ns) else dict(ns)
             if tool == ENGINE_CELL:
@@ -204,6 +207,8 @@ def generic_runner(
                 return scope.get(result)
             if tool == MAGIC_PMAP:
                 return PM.shell(f"bench_out = %pmap -n {n_jobs} {expr(size)}", scope, "bench_out")
+            if tool == PLAIN_CELL:
+                return PM.shell(cell(size), scope, result)
             with as_kernel(tool == MAGIC_PAR_KERNEL):
                 return PM.shell(f"%%parallel -n {n_jobs}\n{cell(size)}", scope, result)
         xs = items(size)

@@ -35,6 +35,7 @@ from runners import (
     MAGIC_PMAP,
     MP_POOL,
     MPIRE,
+    PLAIN_CELL,
     POOLS,
     SERIAL,
     as_kernel,
@@ -104,7 +105,7 @@ def w_tiny(size: int, n_jobs: int) -> Workload:
         n_jobs=n_jobs,
         size=size,
         warm_size=1000,
-        tools=[MAGIC_PAR, MAGIC_PAR_KERNEL, *ALL_TOOLS[1:]],
+        tools=[MAGIC_PAR, MAGIC_PAR_KERNEL, *ALL_TOOLS[1:], PLAIN_CELL],
         runner=run,
         expected=lambda n: [i + 1 for i in range(n)],
         note=f"{size:,} x inc(i) (x + 1)",
@@ -182,6 +183,8 @@ def w_bigarg(mb: int, n_jobs: int) -> Workload:
             return scope.get("results")
         if tool == MAGIC_PAR:
             return R.PM.shell(f"%%parallel -n {n_jobs}\n{cell_src}", ns, "results")
+        if tool == PLAIN_CELL:
+            return R.PM.shell(cell_src, ns, "results")
         if tool == MAGIC_PMAP:
             return R.PM.shell(
                 f"bench_out = %pmap -n {n_jobs} slice_sum(arr, i) for i in range({parts})",
@@ -202,7 +205,7 @@ def w_bigarg(mb: int, n_jobs: int) -> Workload:
         n_jobs=n_jobs,
         size=parts,
         warm_size=1,  # warm-up on a small array: same code paths, no big transfer
-        tools=list(ALL_TOOLS),
+        tools=[*ALL_TOOLS, PLAIN_CELL],
         runner=run,
         expected=expected,
         memory=True,

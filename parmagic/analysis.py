@@ -640,6 +640,9 @@ class _FlowChecker:
 
     def __init__(self, local: set[str]):
         self.local = local
+        #: a body function's name -> the loop locals it reads when called (checked where the
+        #: name is used: a call, or a hand-over to one, must not come before they are bound)
+        self.functions: dict[str, list[tuple[str, ast.AST]]] = {}
 
     def block(self, stmts: list[ast.stmt], defined: set[str] | None) -> set[str] | None:
         """Return the names surely bound after ``stmts``, or None if control cannot fall through."""
@@ -669,7 +672,36 @@ class _FlowChecker:
                     "it is read before this iteration assigns it, so it depends on the previous iteration",
                     "assign it at the start of the body, or run the loop without %%parallel",
                 )
+        now = defined | walrus | extra_bound
+        for name, _ in _immediate_reads(node):
+            self.used(name, now)
+        for fn in _nested_functions(node):  # a lambda used where it is made
+            self.used_reads(_local_reads(fn, self.local), now)
         return walrus
+
+    def used(self, function: str, defined: set[str]) -> None:
+        """A body function is used (called, or handed to a call) here."""
+        self.used_reads(self.functions.get(function, []), defined)
+
+    def used_reads(self, reads: list[tuple[str, ast.AST]], defined: set[str]) -> None:
+        """A function that reads loop locals runs now: each must be bound in this iteration
+        (the plain loop would read the previous iteration's value; a worker, none)."""
+        for name, at in reads:
+            if name not in defined:
+                raise refuse(
+                    at,
+                    name,
+                    "a function or lambda of the body reads it and is used before this "
+                    "iteration assigns it, so it depends on the previous iteration",
+                    "assign it before the function is used, or pass it as an argument",
+                )
+
+    def made(self, name: str, fn: ast.AST | None) -> None:
+        """``name`` is bound to the body function ``fn`` (None: to something else)."""
+        if fn is None:
+            self.functions.pop(name, None)
+        else:
+            self.functions[name] = [(n, at) for n, at in _local_reads(fn, self.local) if n != name]
 
     def stmt(self, stmt: ast.stmt, defined: set[str]) -> set[str] | None:
         """Check one statement; return the names surely bound after it (None: no fall-through)."""
@@ -691,9 +723,17 @@ class _FlowChecker:
         return None
 
     def _Assign(self, stmt: ast.Assign, defined: set[str]) -> set[str]:
-        bound = self.reads(stmt.value, defined)
+        value = stmt.value
+        if isinstance(value, ast.Lambda) and all(isinstance(t, ast.Name) for t in stmt.targets):
+            for d in _scope_header(value):  # made now, run later: checked where it is used
+                self.reads(d, defined)
+            bound: set[str] = set()
+        else:
+            bound = self.reads(value, defined)
         for t in stmt.targets:
             self._store_target_reads(t, defined | bound)
+            for name in target_names(t):
+                self.made(name, value if isinstance(value, ast.Lambda) else None)
         return defined | bound | {n for t in stmt.targets for n in target_names(t)}
 
     def _AnnAssign(self, stmt: ast.AnnAssign, defined: set[str]) -> set[str]:
@@ -779,6 +819,7 @@ class _FlowChecker:
     def _FunctionDef(self, stmt: ast.FunctionDef, defined: set[str]) -> set[str]:
         for node in _scope_header(stmt):
             self.reads(node, defined)
+        self.made(stmt.name, stmt)  # checked where it is used (it may call itself)
         return defined | {stmt.name}
 
     _AsyncFunctionDef = _FunctionDef
@@ -824,6 +865,48 @@ def _meet(a: set[str] | None, b: set[str] | None) -> set[str] | None:
     if b is None:
         return a
     return a & b
+
+
+def _nested_functions(node: ast.AST):
+    """The lambdas that evaluating ``node`` makes (outermost ones; their own are theirs)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, ast.Lambda):
+            yield current
+            continue
+        stack.extend(ast.iter_child_nodes(current))
+
+
+def _local_reads(fn: ast.AST, local: set[str]) -> list[tuple[str, ast.AST]]:
+    """The loop locals that a function or lambda of the body reads from outside itself."""
+    return [(name, at) for name, at in _free_reads(fn) if name in local]
+
+
+def _free_reads(fn: ast.AST):
+    """Names a function or lambda reads from outside itself: loaded in its body, neither
+    its parameters nor assigned in it (nested scopes counted as its own, a safe excess)."""
+    args = fn.args
+    params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    params |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
+    body = fn.body if isinstance(fn.body, list) else [fn.body]
+    stored = {
+        n.id
+        for b in body
+        for n in ast.walk(b)
+        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)
+    }
+    stored |= {
+        n.name
+        for b in body
+        for n in ast.walk(b)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    }
+    for b in body:
+        for n in ast.walk(b):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+                if n.id not in params and n.id not in stored:
+                    yield n.id, n
 
 
 def _immediate_reads(node: ast.AST):

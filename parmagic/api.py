@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import types
@@ -13,7 +14,7 @@ from typing import Any
 from . import engine, pool
 from .listener import PlainListener, RunListener
 from .options import Options, defaults, takes_options
-from .rewrite import plan_cell
+from .rewrite import CellPlan, plan_cell
 
 
 def listener_factory(options: Options, label: str) -> RunListener:
@@ -95,8 +96,9 @@ def pmap(func: Any, *iterables: Any, **options: Any) -> list:
     else:
         namespace = {"func": func, "items": _Zipped(iterables)}
         source = "[func(*item) for item in items]"
-    plan = plan_cell(source, "<pmap>")
-    plan.loops[0].source_line = f"pmap({getattr(func, '__name__', 'func')})"
+    step = plan_cell(source, "<pmap>").loops[0]  # a plan is shared: named in a copy
+    step = dataclasses.replace(step, source_line=f"pmap({getattr(func, '__name__', 'func')})")
+    plan = CellPlan(steps=[step])
     cell = engine.CellRun(namespace, opts, pool.get_backend, listener_factory, "<pmap>", source)
     if opts.compare or opts.sweep:  # as run_cell does: the timing runs, then the real one
         from .compare import run_plan_compared

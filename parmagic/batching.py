@@ -66,14 +66,29 @@ MIN_SAVING_SECONDS = 0.01
 EARLY_DECISION_SECONDS = 1e-3
 
 
+#: Auto-serial's probe: a long loop sends each worker a batch of this many iterations
+#: (the first pays the warm-up; the others show the warm cost in one round trip)
+PROBE_ITEMS = 2
+#: ... when it has at least this many iterations a worker (else one each: a short loop of
+#: heavy iterations keeps every worker busy)
+PROBE_PAIRS_FROM = 16
+
+
+def probe_size(total: int | None, n_workers: int) -> int:
+    """Iterations in each batch of auto-serial's probe wave."""
+    return PROBE_ITEMS if total is not None and total >= PROBE_PAIRS_FROM * n_workers else 1
+
+
 class AutoSerial:
     """Judges from the first batches whether a loop gains from workers (``auto_serial``).
 
-    The first wave (``probe`` batches, one iteration each until the cost is known)
-    runs on the workers. From their costs (a worker's first iteration only when it
+    The first wave (``probe`` batches, one a worker, of ``probe_size(total, workers)``
+    iterations) runs on the workers. From their costs (a worker's first iteration only when it
     has no other: it pays for warm-up) it compares the rest of the loop run in the
-    kernel (``remaining x cost``) with the rest run on workers (``remaining x cost /
-    workers`` plus per-item and per-batch overhead plus the end's imbalance), and
+    kernel (``remaining x cost``, less the share that was parmagic's own work, such as
+    comparing loop items before and after) with the rest run on workers (``remaining x cost /
+    workers``, or the kernel's commits of them where those take longer, plus per-item
+    and per-batch overhead plus the end's imbalance), and
     decides once: ``switch`` is True when the kernel saves at least ``MIN_SAVING_SECONDS``
     (a loop without ``len()`` stays on the workers). A loop shown to
     gain is decided at once, without waiting for the whole wave.
@@ -84,15 +99,37 @@ class AutoSerial:
         self.n_workers = max(1, n_workers)
         self.probe = probe
         self.costs: dict[int, list[float]] = {}  # worker pid -> seconds per iteration
+        #: seconds the kernel took to commit an iteration (items written back, effects)
+        self.commit_per_item = 0.0  # the mean over the batches seen
+        self.commits = 0
+        #: seconds the workers' iterations took, and parmagic's own share of them (comparing
+        #: items before and after): the kernel's plain loop pays only the rest
+        self.spent = 0.0
+        self.overhead = 0.0
         self.decided = False
         self.switch = False
         self.note = ""
 
-    def observe(self, result: BatchResult) -> None:
-        """Learn the per-iteration cost from a committed batch."""
-        if result.marks:
-            per = max(0.0, result.end - result.marks[0]) / len(result.marks)
-            self.costs.setdefault(result.pid, []).append(per)
+    def observe(self, result: BatchResult, commit_seconds: float = 0.0) -> None:
+        """Learn the per-iteration cost from a committed batch (and what applying its
+        iterations in the kernel took)."""
+        if result.ran:
+            per = commit_seconds / result.ran
+            seen = self.commits
+            self.commit_per_item = (self.commit_per_item * seen + per) / (seen + 1)
+            self.commits += 1
+        marks = result.marks
+        if not marks:
+            return
+        self.spent += max(0.0, result.end - marks[0])
+        self.overhead += result.overhead
+        costs = self.costs.setdefault(result.pid, [])
+        if len(marks) >= 2 and not costs:
+            # a worker's first batch: its first iteration paid the warm-up, the others not
+            costs.append(max(0.0, marks[1] - marks[0]))
+            costs.append(max(0.0, result.end - marks[1]) / (len(marks) - 1))
+        else:
+            costs.append(max(0.0, result.end - marks[0]) / len(marks))
 
     def cost(self) -> float | None:
         """Seconds per iteration, warm-up left out where a worker ran more than one batch."""
@@ -111,10 +148,13 @@ class AutoSerial:
         if remaining is not None:
             batch = max(1.0, min(batch, remaining / (n * MIN_BATCHES_PER_WORKER)))
         batches = max(1.0, r / batch)
-        workers = r * c / n + r * PER_ITEM_SECONDS + batches * PER_BATCH_SECONDS / n
+        # commits run in the kernel, one after the other, while the workers compute
+        workers = max(r * c / n, r * self.commit_per_item)
+        workers += r * PER_ITEM_SECONDS + batches * PER_BATCH_SECONDS / n
         if remaining is not None:
             workers += batch * c / 2  # the end: one worker finishes its last batch alone
-        return r * c, workers
+        plain = 1.0 - min(1.0, self.overhead / self.spent) if self.spent > 0 else 1.0
+        return r * c * plain, workers
 
     def judge(self, committed_batches: int, remaining: int | None, wave_done: bool) -> None:
         """Decide once, after a commit: now if workers clearly gain, else when the wave is in."""

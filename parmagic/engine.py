@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import marshal
+import os
 import re
 import sys
 import time
@@ -26,9 +27,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 from . import cache as disk
+from . import plainrest
 from .analysis import check_conditions, check_plan_conditions
 from .backends.base import Backend
-from .batching import AutoSerial, Batcher
+from .batching import AutoSerial, Batcher, probe_size
 from .errors import CollectedErrors, RemoteTraceback, WritebackError
 from .interrupts import held_interrupts
 from .listener import PlainListener, RunListener
@@ -128,6 +130,8 @@ class LoopRun:
     #: --cache: committed batches not written yet (written once the flight counts them
     #: committed, so that a stop button landing in a write cannot commit them twice)
     unsaved: list[tuple[BatchResult, list]] = field(default_factory=list)
+    #: seconds the last commit spent applying its iterations (effects, merges, output)
+    commit_work: float = 0.0
 
     @property
     def collect(self) -> bool:
@@ -548,6 +552,7 @@ class Flight:
         self.exhausted = False
         #: batches to take from the iterable at most (auto-serial's probe wave); None: all
         self.batch_cap: int | None = None
+        self.probe_size = 1  # iterations in each batch of the probe wave
         self.taken = 0
         #: --cache: a chunk -> its pieces, the cached ones with their result (_from_cache)
         self.lookup: Callable[[int, list], list[tuple[int, list, Any]]] | None = None
@@ -562,7 +567,10 @@ class Flight:
                     return
                 if len(self.ready) >= CACHED_AHEAD:  # cached results wait their turn
                     return
-                chunk = list(itertools.islice(self.items, self.batcher.next_size()))
+                # auto-serial's probe wave: small batches, so that a loop that ends in the
+                # kernel has not sent whole batches to the workers first
+                size = self.probe_size if self.batch_cap is not None else self.batcher.next_size()
+                chunk = list(itertools.islice(self.items, size))
                 if not chunk:
                     self.exhausted = True
                     return
@@ -645,9 +653,12 @@ def _drive(run: LoopRun, items: Iterator, supervisor: Supervisor) -> None:
     judge = _auto_serial(run, flight)
     try:
         if _pump(run, flight, batcher, judge):
-            flight = _to_kernel(run, flight, batcher, judge.note)
-            with _routed_output(not supervisor.backend.in_kernel):
-                _pump(run, flight, batcher, None)
+            start = flight.next_start
+            if not _plain_rest(run, flight, judge):
+                flight = _to_kernel(run, flight, batcher, judge.note)
+                run.record.ran_in_kernel_from = start
+                with _routed_output(not supervisor.backend.in_kernel):
+                    _pump(run, flight, batcher, None)
     except KeyboardInterrupt:
         _interrupted(run, flight, flight.supervisor)
         raise
@@ -687,7 +698,7 @@ def _pump(run: LoopRun, flight: Flight, batcher: Batcher, judge: AutoSerial | No
             batcher.observe_commit(len(chunk), time.perf_counter() - began)
             if judge is not None and not judge.decided:
                 committed += 1
-                judge.observe(result)
+                judge.observe(result, run.commit_work)
                 total = run.record.total
                 remaining = None if total is None else total - flight.submitted
                 if flight.exhausted:
@@ -709,9 +720,92 @@ def _auto_serial(run: LoopRun, flight: Flight) -> AutoSerial | None:
         return None
     if isinstance(run.listener, _SilentListener):
         return None  # --compare's timing runs
-    judge = AutoSerial(run.record.total, backend.n_workers, flight.max_in_flight)
-    flight.batch_cap = flight.max_in_flight  # the probe wave
+    judge = AutoSerial(run.record.total, backend.n_workers, backend.n_workers)
+    flight.batch_cap = backend.n_workers  # the probe wave: a batch a worker
+    flight.probe_size = probe_size(run.record.total, backend.n_workers)
     return judge
+
+
+def _plain_rest(run: LoopRun, flight: Flight, judge: AutoSerial) -> bool:
+    """Auto-serial: run the rest of the loop in the kernel as the plain cell runs it
+    (:mod:`parmagic.plainrest`); True when the loop ended there (finished or failed),
+    False where the batch path must take the rest.
+
+    It takes over only where nothing tells the two apart: no option that acts per
+    iteration (``--cache``, ``--timeout``, ``--on-error collect``), no random draw so far
+    (iterations draw from streams of their own). A draw that shows up later hands the
+    rest back to the batch path after that chunk, whose draws stay the kernel
+    generator's own (the README says so).
+    """
+    __tracebackhide__ = True
+    if not _may_run_plain(run, flight, judge):
+        return False
+    run.record.ran_in_kernel_from = flight.next_start
+    run.record.auto_serial_note = judge.note
+    _bind_locals(run, run.cell.namespace)  # the workers' part first, as a plain loop binds them
+    run.final_locals = {}
+    watched = run.streams.watch() if run.streams is not None else {}
+    loop = plainrest.PlainLoop(run.step, run.cell.namespace, run.accumulator, run.listener)
+    items = plainrest.guarded_items(flight.items)
+    size = plainrest.chunk_size(judge.cost())
+    while chunk := list(itertools.islice(items, size)):
+        start = flight.next_start
+        with held_interrupts():  # run and recorded together: the record says what was done
+            done = loop.run(chunk)
+            flight.next_start = flight.submitted = start + len(chunk)
+            _record_chunk(run, start, chunk, done)
+        run.listener.on_progress(run.record, 1)
+        if done.error is not None:
+            run.record.cancelled.extend(range(start + done.ran + 1, start + len(chunk)))
+            if isinstance(done.error, KeyboardInterrupt):
+                _say_cut(run, start + done.ran, done.cut)
+                raise KeyboardInterrupt
+            return True
+        if watched and (drew := run.streams.moved(watched)):
+            run.streams.saw(drew)
+            return False
+    return True
+
+
+def _may_run_plain(run: LoopRun, flight: Flight, judge: AutoSerial) -> bool:
+    options = run.cell.options
+    return (
+        run.step.kernel_loop is not None
+        and run.cache is None
+        and options.timeout is None
+        and not run.collect
+        and not (run.streams is not None and run.streams.drew)
+        and not (flight.retry or flight.in_flight or flight.ready)
+    )
+
+
+def _record_chunk(run: LoopRun, start: int, chunk: list, done: plainrest.ChunkRun) -> None:
+    """A chunk of the rest in the record: one task timed as a whole (its iterations each
+    get the mean), and the failed iteration with its item."""
+    failed = done.error is not None and not isinstance(done.error, KeyboardInterrupt)
+    task = TaskRecord(
+        index=start,
+        count=done.ran + failed,
+        start=done.started,
+        marks=[0.0],
+        end=done.seconds,
+        worker=os.getpid(),
+    )
+    if failed:
+        k = start + done.ran
+        task.errors[k], task.items[k] = done.error, chunk[done.ran]
+        _note_failure(run, k, chunk[done.ran], done.error, "")
+    run.record.add_task(task)
+
+
+def _say_cut(run: LoopRun, k: int, cut: bool) -> None:
+    """An iteration of the rest that the stop button cut part-way keeps what it did."""
+    if cut:
+        print(
+            f"parmagic: iteration {k} ran on in the kernel past the stop button's grace and "
+            "was stopped part-way: what it did before stays, as in a plain loop",
+            file=sys.stderr,
+        )
 
 
 def _to_kernel(run: LoopRun, flight: Flight, batcher: Batcher, note: str) -> Flight:
@@ -737,7 +831,6 @@ def _to_kernel(run: LoopRun, flight: Flight, batcher: Batcher, note: str) -> Fli
     kernel.next_start, kernel.submitted = flight.next_start, flight.submitted
     kernel.lookup = flight.lookup
     kernel.retry = flight.retry
-    run.record.ran_in_kernel_from = flight.next_start
     run.record.auto_serial_note = note
     return kernel
 
@@ -763,6 +856,7 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
     before it.
     """
     __tracebackhide__ = True
+    began = time.perf_counter()
     if result.refs:
         _resolve_refs(run, result, chunk)
     outputs: dict[int, str] = {}
@@ -791,6 +885,8 @@ def _commit(run: LoopRun, result: BatchResult, chunk: list) -> bool:
     if failed is not None:
         _locals_at_failed_effect(run, result, chunk, failed.index)
         raise failed.error
+    # what grows with the iterations (effects, item merges, output), not the batch's own cost
+    run.commit_work = time.perf_counter() - began
     task = TaskRecord(
         index=result.start,
         count=result.ran,

@@ -41,6 +41,47 @@ def held_interrupts(hold: bool = True, drop: bool = False) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def interrupts_deferred(grace: float) -> Iterator[None]:
+    """The stop button pressed inside the block takes effect when it ends, or ``grace``
+    seconds after the press if the block still runs then (at once, where it runs), or at
+    a second press.
+
+    Auto-serial's rest runs the user's statements in the kernel in chunks of milliseconds:
+    the stop button lands between iterations, unless one of them runs on far longer than
+    the first ones did; the user waits a second at most, as a plain loop's would not.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[Any] = []
+    timer: list[threading.Timer] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if pressed:  # the grace is over, or the user pressed again: stop now
+            raise KeyboardInterrupt
+        pressed.append(frame)
+        # a real signal to the main thread: it also cuts a sleep or a blocking call short
+        main = threading.main_thread().ident
+        late = threading.Timer(grace, signal.pthread_kill, (main, signal.SIGINT))
+        late.daemon = True
+        late.start()
+        timer.append(late)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        for late in timer:
+            late.cancel()
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if pressed:
+        if callable(previous):
+            previous(signal.SIGINT, pressed[0])
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def sigint_blocked() -> Iterator[None]:
     """SIGINT blocked in this thread: a process started meanwhile starts with it blocked.
 

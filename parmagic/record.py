@@ -70,7 +70,9 @@ class TaskRecord:
 
     @property
     def durations(self) -> list[float]:
-        """Seconds each iteration took."""
+        """Seconds each iteration took (the mean, for a batch timed as a whole)."""
+        if len(self.marks) == 1 and self.count > 1:
+            return [self.duration / self.count] * self.count
         ends = self.marks[1:] + [self.end]
         return [max(0.0, e - m) for m, e in zip(self.marks, ends, strict=False)]
 

@@ -100,6 +100,14 @@ class LoopStreams:
         payload.streams = {i: (gens[i][0], e) for i, e in streams.entropy.items()}
         return streams
 
+    def watch(self) -> dict[str, Any]:
+        """The generators' states now (to tell, later, whether anything drew)."""
+        return {i: state_of(kind, g) for i, (kind, g) in self.gens.items()}
+
+    def moved(self, before: dict[str, Any]) -> list[str]:
+        """The generators whose state is no longer ``before``'s."""
+        return [i for i, (kind, g) in self.gens.items() if state_of(kind, g) != before[i]]
+
     def saw(self, drew: list[str]) -> None:
         """A committed batch drew from these generators."""
         if drew:

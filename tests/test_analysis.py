@@ -256,6 +256,28 @@ def test_nested_function_may_read_a_later_local() -> None:
     analyse_loop(
         loop_of("for x in xs:\n    def g():\n        return y\n    y = x\n    out.append(g())\n")
     )
+    analyse_loop(
+        loop_of(
+            "for x in xs:\n    def f(n):\n        return f(n - 1) if n else x\n    out.append(f(2))\n"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "for i in xs:\n    g = lambda t: t + k\n    c = g(i)\n    k = c\n",
+        "for x in xs:\n    def f():\n        return y\n    out.append(f())\n    y = x\n",
+        "for x in xs:\n    out.append(sorted(x, key=lambda t: t + k))\n    k = 1\n",
+        "for x in xs:\n    g = lambda t: t + k\n    out.append(list(map(g, x)))\n    k = 1\n",
+    ],
+    ids=["called", "def_called", "lambda_handed_over", "named_lambda_handed_over"],
+)
+def test_a_body_function_used_before_its_locals_are_bound_is_refused(src: str) -> None:
+    """The plain loop's call would read the previous iteration's value (a worker has none)."""
+    with pytest.raises(RefusedLoopError) as info:
+        analyse_loop(loop_of(src))
+    assert "used before this iteration assigns it" in str(info.value)
 
 
 def test_plan_splits_kernel_statements_and_loops_in_order() -> None:

@@ -435,7 +435,8 @@ def test_worker_death_inside_a_big_batch_is_pinned_to_its_iteration(km: Any, kc:
     # tiny iterations run in batches of hundreds that do not report each iteration;
     # the lost batch runs again reporting each one, and the crash recurs on 1234
     code = (
-        "%%parallel -n 2 --no-progress --on-error collect\n"
+        # --no-auto-serial: iterations this cheap would finish in the kernel, 1234 with them
+        "%%parallel -n 2 --no-progress --on-error collect --no-auto-serial\n"
         "r_big = []\n"
         "for i in range(3000):\n"
         "    if i == 1234:\n"

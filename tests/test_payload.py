@@ -34,6 +34,7 @@ def test_payload_is_sent_once_per_run_not_per_task() -> None:
         n_jobs=2,
         chunksize=1,
         progress=False,
+        auto_serial=False,  # every batch goes to a worker
     )
     assert ns["n"] == [20_000_000] * 200
     assert len(parmagic.last_run().tasks) == 200

@@ -201,6 +201,7 @@ class _BatchState:
         self.end_item()
         self._plain_mark(now)
         self.tracker.begin(self.current)
+        self.result.overhead += time.perf_counter() - now
 
     def end_item(self) -> None:
         """The tracked iteration ended: keep its item's change, if it can reach the kernel."""
@@ -365,11 +366,14 @@ def run_batch(
     )
     capture = rich.begin(state, payload.rich)  # displays, figures, warnings, log records
     streams = _streams_for_run(payload)
+    stopped = False
     try:
         if streams is None:
             _run_items(payload, fn, state, start, items)
         else:  # the loop may draw random numbers: each iteration on its own stream
             streams.run(state, len(items), lambda: _run_items(payload, fn, state, start, items))
+    except KeyboardInterrupt:
+        stopped = True  # landed between iterations: raised again below, without its frames
     finally:
         if alarm is not None:
             alarm.stop()
@@ -385,6 +389,10 @@ def run_batch(
             _thread_capture.state = None
         else:
             sys.stdout, sys.stderr = old_out, old_err
+    if stopped:
+        # a fresh one: a traceback pickler that an import installed (tblib's, with
+        # distributed) fails on a frame without a line number, and the worker dies of it
+        raise KeyboardInterrupt
     result = state.result  # a new one when the streams ran the batch again
     if before is not None and watch.changed(before):
         if len(items) > 1:  # which iteration did it? run them again one by one, from fresh copies

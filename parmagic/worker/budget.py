@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,19 @@ def for_workers(n_workers: int, cores: int | None = None) -> ThreadBudget:
 
 
 def _cores() -> int:
+    # loky reads the cgroup's files each time (0.3 ms): a few seconds' answer is as good
+    now = time.monotonic()
+    if now - _cores_seen[1] > CORES_FRESH_SECONDS:
+        _cores_seen[:] = [_count_cores(), now]
+    return _cores_seen[0]
+
+
+#: How long a count of the usable cores is reused.
+CORES_FRESH_SECONDS = 5.0
+_cores_seen: list = [1, -1e9]
+
+
+def _count_cores() -> int:
     try:
         from loky import cpu_count
 

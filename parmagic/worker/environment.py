@@ -62,6 +62,9 @@ class Environment:
 _seen: dict[str, tuple[Any, int]] = {}
 #: file -> whether it is a user module's source (cached: the kernel has thousands of modules)
 _user_files: dict[str, bool] = {}
+#: id(module) -> (module, name, its user source file or None): a kernel has thousands of
+#: modules, and each run looks at all of them
+_modules: dict[int, tuple[Any, str, str | None]] = {}
 _library_dirs: list[str] = []
 
 
@@ -84,11 +87,13 @@ def capture_environment(key: str) -> Environment:
 def _user_module_versions() -> dict[str, tuple[str, Version]]:
     out: dict[str, tuple[str, Version]] = {}
     for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if not isinstance(file, str) or name.startswith("__") or not is_user_file(file):
+        known = _modules.get(id(module))
+        if known is None or known[0] is not module or known[1] != name:
+            known = (module, name, _user_file_of(name, module))
+            _modules[id(module)] = known
+        file = known[2]
+        if file is None:
             continue
-        if name == "parmagic" or name.startswith("parmagic."):
-            continue  # never reload parmagic under a running batch
         try:
             mtime = os.stat(file).st_mtime_ns
         except OSError:
@@ -104,6 +109,16 @@ def _user_module_versions() -> dict[str, tuple[str, Version]]:
         _seen[name] = (spec, reloads)
         out[name] = (file, (mtime, reloads))
     return out
+
+
+def _user_file_of(name: str, module: Any) -> str | None:
+    """The source file of a user module (None for a library's, parmagic's, a built-in)."""
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str) or name.startswith("__") or not is_user_file(file):
+        return None
+    if name == "parmagic" or name.startswith("parmagic."):
+        return None  # never reload parmagic under a running batch
+    return file
 
 
 def is_user_file(file: str) -> bool:

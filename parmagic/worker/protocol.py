@@ -197,6 +197,9 @@ class BatchResult:
     #: locals then) for each iteration but the batch's last (len(effects) and locals)
     splits: list[tuple[int, int, dict]] = field(default_factory=list)
     from_cache: bool = False  # replayed from the --cache folder, not run
+    #: seconds between the marks that were parmagic's own work (comparing loop items before
+    #: and after): an iteration run plainly in the kernel does not pay them
+    overhead: float = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         # a big batch's marks travel as one array of doubles: a list of 12,500 floats costs

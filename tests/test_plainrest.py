@@ -1,0 +1,260 @@
+"""Auto-serial's rest in the kernel (issue 12): a loop too cheap for workers finishes as
+the plain cell runs it, with the plain cell's namespace, output, errors and stop button.
+
+The shell tests compare the plain cell with the ``%%parallel`` one; the kernel tests press
+the stop button through ``KernelManager.interrupt_kernel()`` while the rest runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import parmagic
+
+from .kernel import collect, execute, kernel, value
+from .shell import fresh, run, shell, snapshot
+from .test_failures import when_written
+
+SETUP = "import random\ndef inc(x):\n    return x + 1\n"
+MAGIC = "%%parallel -n 2 --no-progress\n"
+
+
+@pytest.fixture
+def ip(capsys: pytest.CaptureFixture):
+    ip = shell()
+    fresh(ip, SETUP, capsys)
+    yield ip
+    parmagic.set_defaults(n_jobs=-1, backend="loky")
+
+
+def plain_and_parallel(ip: Any, capsys: Any, cell: str) -> tuple[tuple, tuple]:
+    """(result, stdout, stderr, namespace) of the plain cell, then of the %%parallel one."""
+    fresh(ip, SETUP, capsys)
+    result, out, err = run(ip, cell, capsys)
+    plain = (result, out, err, snapshot(ip.user_ns))
+    fresh(ip, SETUP, capsys)
+    result, out, err = run(ip, MAGIC + cell, capsys)
+    return plain, (result, out, err, snapshot(ip.user_ns))
+
+
+def kernel_part(record: Any) -> list:
+    """The record's batches that ran in the kernel as the plain loop (timed as a whole)."""
+    return [t for t in record.tasks if t.worker == os.getpid() and t.marks == [0.0]]
+
+
+LOOP = """results = []
+total = 0
+for i in range(30000):
+    y = inc(i)
+    if i % 10000 == 0:
+        print("at", i)
+    if y % 7 == 0:
+        continue
+    results.append(y)
+    total += y
+else:
+    finished = True
+"""
+
+
+def test_the_rest_runs_as_the_plain_loop(ip, capsys) -> None:
+    plain, parallel = plain_and_parallel(ip, capsys, LOOP)
+    assert plain[0].success and parallel[0].success, parallel[2]
+    assert parallel[3] == plain[3]
+    assert parallel[1].splitlines()[:3] == plain[1].splitlines()
+    record = parmagic.last_run()
+    assert 0 < record.ran_in_kernel_from < 30000 and "kernel" in record.auto_serial_note
+    rest = kernel_part(record)
+    assert rest and sum(t.count for t in rest) == 30000 - record.ran_in_kernel_from
+    assert record.done == 30000 and len(record.iterations) == 30000
+    assert {it.status for it in record.iterations} == {"done"}
+
+
+def test_items_changed_in_the_rest_are_the_kernels_own(ip, capsys) -> None:
+    fresh(ip, SETUP, capsys)
+    result, _, err = run(ip, "rows = [{'i': i} for i in range(30000)]", capsys)
+    ids = [id(r) for r in ip.user_ns["rows"]]
+    result, _, err = run(ip, MAGIC + "for row in rows:\n    row['twice'] = row['i'] * 2\n", capsys)
+    assert result.success, err
+    rows = ip.user_ns["rows"]
+    assert [id(r) for r in rows] == ids and ip.user_ns["row"] is rows[-1]
+    assert all(r["twice"] == 2 * r["i"] for r in rows)
+    assert kernel_part(parmagic.last_run())
+
+
+def test_comprehensions_and_pmap_finish_in_the_kernel_in_their_own_scope(ip, capsys) -> None:
+    cell = "squares = [inc(i) * i for i in range(30000) if i % 3]\n"
+    plain, parallel = plain_and_parallel(ip, capsys, cell)
+    assert parallel[0].success, parallel[2]
+    assert parallel[3] == plain[3] and "i" not in ip.user_ns
+    assert kernel_part(parmagic.last_run())
+    result, out, err = run(
+        ip, "got = %pmap -n 2 --no-progress inc(x) for x in range(30000)", capsys
+    )
+    assert result.success, err
+    assert ip.user_ns["got"] == [i + 1 for i in range(30000)]
+    assert kernel_part(parmagic.last_run())
+
+
+FAILING = """out = []
+for i in range(30000):
+    out.append(10 // (25000 - i))
+"""
+
+
+def test_an_error_in_the_rest_reads_like_the_plain_cells(ip, capsys) -> None:
+    plain, parallel = plain_and_parallel(ip, capsys, FAILING)
+    assert not parallel[0].success
+    assert type(parallel[0].error_in_exec) is type(plain[0].error_in_exec) is ZeroDivisionError
+    assert parallel[3] == plain[3]  # out has 25000 values, i is 25000: as far as plain got
+    shown = parallel[1] + parallel[2]
+    assert "out.append(10 // (25000 - i))" in shown and "parmagic/" not in shown
+    record = parmagic.last_run()
+    assert (record.done, record.failed, record.outcome) == (25000, 1, "error")
+    assert record.iterations[25000].status == "failed"
+    assert isinstance(record.iterations[25000].error, ZeroDivisionError)
+
+
+ITEMS = """class Items:
+    def __len__(self):
+        return 30000
+    def __iter__(self):
+        for i in range(25000):
+            yield i
+        raise RuntimeError("the source broke")
+"""
+
+
+def test_an_iterable_that_breaks_in_the_rest_commits_what_it_yielded(ip, capsys) -> None:
+    cell = "got = []\nfor x in Items():\n    got.append(x * 2)\n"
+    fresh(ip, SETUP + ITEMS, capsys)
+    plain = run(ip, cell, capsys)
+    plain_ns = snapshot(ip.user_ns)
+    fresh(ip, SETUP + ITEMS, capsys)
+    result, out, err = run(ip, MAGIC + cell, capsys)
+    assert type(result.error_in_exec) is type(plain[0].error_in_exec) is RuntimeError
+    assert snapshot(ip.user_ns) == plain_ns and len(ip.user_ns["got"]) == 25000
+    assert parmagic.last_run().done == 25000
+
+
+DRAWS_LATE = """random.seed(7)
+xs = []
+for i in range(30000):
+    if i >= 29000:
+        xs.append(random.random())
+"""
+
+
+def test_draws_late_in_the_rest_are_said_and_repeat_after_the_same_seed(ip, capsys) -> None:
+    result, _, err = run(ip, MAGIC + DRAWS_LATE, capsys)
+    assert result.success, err
+    assert "drew random numbers from random" in err
+    first = list(ip.user_ns["xs"])
+    assert len(first) == 1000 and len(set(first)) == 1000
+    result, _, err = run(ip, MAGIC + DRAWS_LATE, capsys)
+    assert ip.user_ns["xs"] == first
+    run(ip, "after = random.random()", capsys)
+    assert ip.user_ns["after"] not in first  # the kernel's generator moved on
+
+
+# ----------------------------------------------------------------- the stop button
+
+
+KERNEL_SETUP = """\
+%load_ext parmagic
+import os, time
+import parmagic
+
+def touch(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+
+class Marked(list):
+    '''Touches ``mark`` once it holds ``at`` values: the stop button lands in the rest.'''
+
+    def __init__(self, mark, at):
+        super().__init__()
+        self.mark, self.at = mark, at
+
+    def append(self, x):
+        if len(self) == self.at:
+            touch(self.mark)
+        super().append(x)
+"""
+HOW_FAR = re.compile(r"parmagic: interrupted; (\d+) iteration\(s\) of 3000000 committed")
+
+
+@pytest.fixture(scope="module")
+def kernel_pair() -> Iterator[tuple[Any, Any]]:
+    with kernel() as (km, kc):
+        ex = execute(kc, KERNEL_SETUP)
+        assert ex.ok, ex.error()
+        warm = execute(kc, MAGIC + "for i in range(4):\n    time.sleep(0.01)")
+        assert warm.ok, warm.error()
+        yield km, kc
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_the_stop_button_in_the_rest_lands_between_iterations(
+    kernel_pair: tuple[Any, Any], tmp_path: Path
+) -> None:
+    km, kc = kernel_pair
+    mark = tmp_path / "in-the-rest"
+    code = (
+        MAGIC + f"r = Marked({str(mark)!r}, 600_000)\n"
+        "for i in range(3_000_000):\n"
+        "    r.append(i)\n"
+        "    r.append(-i)\n"
+    )
+    msg_id = kc.execute(code)
+    sent = when_written(mark, lambda _: (km.interrupt_kernel(), time.monotonic())[1])
+    ex = collect(kc, msg_id)
+    assert ex.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert ex.idle_at() - sent < 2.0, f"the cell took {ex.idle_at() - sent:.2f}s to stop"
+    found = HOW_FAR.findall(ex.stream("stderr"))
+    assert len(found) == 1, ex.stream("stderr")
+    n = int(found[0])
+    assert 300_000 <= n < 3_000_000
+    assert value(kc, "len(r), r[-2:], i") == (2 * n, [n - 1, -(n - 1)], n - 1)
+    assert value(kc, "parmagic.last_run().done, parmagic.last_run().outcome") == (n, "interrupted")
+    assert value(kc, "parmagic.last_run().ran_in_kernel_from") is not None
+    assert "part-way" not in ex.stream("stderr")
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_an_iteration_that_runs_on_is_stopped_after_a_second(
+    kernel_pair: tuple[Any, Any], tmp_path: Path
+) -> None:
+    km, kc = kernel_pair
+    mark = tmp_path / "runs-on"
+    code = (
+        MAGIC + "r = []\n"
+        "for i in range(3_000_000):\n"
+        "    r.append(i)\n"
+        "    if i == 2_000_000:\n"
+        f"        touch({str(mark)!r})\n"
+        "        time.sleep(60)\n"
+        "        r.append('never')\n"
+    )
+    msg_id = kc.execute(code)
+    sent = when_written(mark, lambda _: (km.interrupt_kernel(), time.monotonic())[1])
+    ex = collect(kc, msg_id)
+    assert ex.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert ex.idle_at() - sent < 3.0, f"the cell took {ex.idle_at() - sent:.2f}s to stop"
+    err = ex.stream("stderr")
+    assert "iteration 2000000" in err and "part-way" in err, err
+    assert HOW_FAR.findall(err) == ["2000000"], err
+    # as a plain loop leaves it: iteration 2,000,000 appended its i, then slept
+    assert value(kc, "len(r), r[-1], i") == (2_000_001, 2_000_000, 2_000_000)
+    ex = execute(kc, MAGIC + "after = []\nfor i in range(6):\n    after.append(i * i)")
+    assert ex.ok, ex.error()
+    assert value(kc, "after") == [i * i for i in range(6)]
