@@ -8,6 +8,8 @@ at 0.2-2 s; a notebook wants its bar to move sooner).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .worker.protocol import BatchResult
 
 #: Aim each batch at this many seconds of work: long enough to hide per-task overhead
@@ -79,6 +81,55 @@ def probe_size(total: int | None, n_workers: int) -> int:
     return PROBE_ITEMS if total is not None and total >= PROBE_PAIRS_FROM * n_workers else 1
 
 
+def workers_seconds(
+    remaining: int | None, cost: float, n_workers: int, commit_per_item: float = 0.0
+) -> float:
+    """Seconds ``remaining`` iterations of ``cost`` seconds take on ``n_workers`` workers:
+    their compute (or the kernel's commits of them, where those take longer), per-item and
+    per-batch overhead, and the end's imbalance (None: per iteration)."""
+    n = max(1, n_workers)
+    r = remaining if remaining is not None else 1
+    batch = max(1.0, TARGET_BATCH_SECONDS / max(cost, 1e-7))
+    if remaining is not None:
+        batch = max(1.0, min(batch, remaining / (n * MIN_BATCHES_PER_WORKER)))
+    batches = max(1.0, r / batch)
+    # commits run in the kernel, one after the other, while the workers compute
+    workers = max(r * cost / n, r * commit_per_item)
+    workers += r * PER_ITEM_SECONDS + batches * PER_BATCH_SECONDS / n
+    if remaining is not None:
+        workers += batch * cost / 2  # the end: one worker finishes its last batch alone
+    return workers
+
+
+@dataclass
+class SeenLoop:
+    """What a loop's last run showed auto-serial (kept per loop body, backend and ``-n``)."""
+
+    plain_cost: float  # seconds per iteration of the plain loop in the kernel
+    worker_cost: float  # seconds per iteration on a worker
+    commit_per_item: float  # seconds the kernel took to apply an iteration's results
+    startup: float  # seconds before the first batch went out (the payload sent)
+    drew: bool  # an iteration drew random numbers
+
+
+def starts_in_kernel(seen: SeenLoop | None, total: int | None, n_workers: int) -> bool:
+    """A loop whose last run showed it cheaper in the kernel, start-up included, starts there."""
+    if seen is None or seen.drew or not total:
+        return False
+    kernel = total * seen.plain_cost
+    workers = seen.startup + workers_seconds(
+        total, seen.worker_cost, n_workers, seen.commit_per_item
+    )
+    return kernel + MIN_SAVING_SECONDS <= workers
+
+
+def workers_gain(per_iteration: float, remaining: int, seen: SeenLoop, n_workers: int) -> bool:
+    """The kernel's iterations now cost ``per_iteration``: would workers save time on the rest?"""
+    cost = max(per_iteration, seen.worker_cost)
+    workers = seen.startup + workers_seconds(remaining, cost, n_workers, seen.commit_per_item)
+    return workers + MIN_SAVING_SECONDS < remaining * per_iteration
+
+
 class AutoSerial:
     """Judges from the first batches whether a loop gains from workers (``auto_serial``).
 
@@ -142,19 +193,14 @@ class AutoSerial:
         c = self.cost()
         if c is None:
             return None
-        n = self.n_workers
-        r = remaining if remaining is not None else 1
-        batch = max(1.0, TARGET_BATCH_SECONDS / max(c, 1e-7))
-        if remaining is not None:
-            batch = max(1.0, min(batch, remaining / (n * MIN_BATCHES_PER_WORKER)))
-        batches = max(1.0, r / batch)
-        # commits run in the kernel, one after the other, while the workers compute
-        workers = max(r * c / n, r * self.commit_per_item)
-        workers += r * PER_ITEM_SECONDS + batches * PER_BATCH_SECONDS / n
-        if remaining is not None:
-            workers += batch * c / 2  # the end: one worker finishes its last batch alone
-        plain = 1.0 - min(1.0, self.overhead / self.spent) if self.spent > 0 else 1.0
-        return r * c * plain, workers
+        workers = workers_seconds(remaining, c, self.n_workers, self.commit_per_item)
+        return (remaining if remaining is not None else 1) * self.plain_cost(), workers
+
+    def plain_cost(self) -> float:
+        """Seconds per iteration of the plain loop in the kernel (the workers' cost less
+        parmagic's own share of it)."""
+        c = self.cost() or 0.0
+        return c * (1.0 - min(1.0, self.overhead / self.spent) if self.spent > 0 else 1.0)
 
     def judge(self, committed_batches: int, remaining: int | None, wave_done: bool) -> None:
         """Decide once, after a commit: now if workers clearly gain, else when the wave is in."""
@@ -169,11 +215,10 @@ class AutoSerial:
         if found is None:
             return
         kernel, workers = found
-        # a worker's first iteration pays for warm-up: too cold to decide on alone, unless
-        # it is clearly heavy
-        warm = any(len(costs) > 1 for costs in self.costs.values())
-        early = kernel + MIN_SAVING_SECONDS > workers and (
-            warm or (self.cost() or 0.0) >= EARLY_DECISION_SECONDS
+        # one batch is too few to decide on (a first iteration's warm-up, a worker preempted
+        # once on a busy machine), unless its iterations are clearly heavy
+        early = (
+            kernel + MIN_SAVING_SECONDS > workers and (self.cost() or 0.0) >= EARLY_DECISION_SECONDS
         )
         if early or wave_done or committed_batches >= self.probe:
             self.decided = True

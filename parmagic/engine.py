@@ -30,7 +30,14 @@ from . import cache as disk
 from . import plainrest
 from .analysis import check_conditions, check_plan_conditions
 from .backends.base import Backend
-from .batching import AutoSerial, Batcher, probe_size
+from .batching import (
+    AutoSerial,
+    Batcher,
+    SeenLoop,
+    probe_size,
+    starts_in_kernel,
+    workers_gain,
+)
 from .errors import CollectedErrors, RemoteTraceback, WritebackError
 from .interrupts import held_interrupts
 from .listener import PlainListener, RunListener
@@ -132,6 +139,11 @@ class LoopRun:
     unsaved: list[tuple[BatchResult, list]] = field(default_factory=list)
     #: seconds the last commit spent applying its iterations (effects, merges, output)
     commit_work: float = 0.0
+    shown: bool = False  # the display has started
+    judge: AutoSerial | None = None  # auto-serial's judge of this run, if it had one
+    #: auto-serial: the kernel ran the loop's first iterations (its last run showed it cheap)
+    #: and the workers take the rest, without a judge
+    from_kernel_first: bool = False
 
     @property
     def collect(self) -> bool:
@@ -201,16 +213,30 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False, label: str = "") 
     supervisor = None
     run.cache = None if dry else _open_cache(step, cell)
     try:  # from here on, the stop button at any moment leaves nothing behind
-        payload = _payload(step, cell, backend, dry, split=run.cache is not None)
-        run.streams = LoopStreams.start(payload, backend)
-        run.ref = backend.publish(payload)
-        supervisor = Supervisor(backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER)
-        run.record.startup = time.perf_counter() - started
-        run.listener.on_start(run.record)
-        with _routed_output(backend.in_kernel), routed_in_kernel(backend.in_kernel):
-            _drive(run, items, supervisor)
+        seen = None if dry else _starts_in_kernel(run)
+        if seen is not None:
+            run.shown = True
+            run.listener.on_start(run.record)
+            finished = _kernel_first(run, items, seen)
+        if seen is None or not finished:
+            if seen is not None:  # the workers' start-up is what follows the kernel's part
+                started = time.perf_counter()
+            payload = _payload(step, cell, backend, dry, split=run.cache is not None)
+            run.streams = LoopStreams.start(payload, backend, run.streams)
+            run.ref = backend.publish(payload)
+            supervisor = Supervisor(
+                backend, options.timeout, backend.n_workers * IN_FLIGHT_PER_WORKER
+            )
+            run.record.startup = time.perf_counter() - started
+            if not run.shown:
+                run.shown = True
+                run.listener.on_start(run.record)
+            with _routed_output(backend.in_kernel), routed_in_kernel(backend.in_kernel):
+                _drive(run, items, supervisor)
         if items.error is not None:
             run.record.outcome = ERROR
+        if not dry:
+            _remember(run)
     except KeyboardInterrupt:
         with held_interrupts(drop=True):
             _say_how_far(run)
@@ -241,7 +267,7 @@ def _clean_up(run: LoopRun, supervisor: Supervisor | None, dry: bool) -> None:
         run.backend.unpublish(run.ref)
     run.record.ended = time.time()
     _iterations_run[0] += run.record.done
-    if supervisor is not None:
+    if run.shown:
         run.listener.on_finish(run.record)
     if run.streams is not None and not dry:
         run.streams.finish(notice=not run.step.analysis.seeds_itself)
@@ -648,9 +674,11 @@ def _drive(run: LoopRun, items: Iterator, supervisor: Supervisor) -> None:
     __tracebackhide__ = True
     batcher = Batcher(run.record.total, run.backend.n_workers, run.cell.options.chunksize)
     flight = Flight(items, batcher, supervisor, run.ref)
+    flight.next_start = flight.submitted = run.record.done + run.record.failed
     if run.cache is not None:
         flight.lookup = lambda start, chunk: _from_cache(run, start, chunk)
-    judge = _auto_serial(run, flight)
+    judge = None if run.from_kernel_first else _auto_serial(run, flight)
+    run.judge = judge
     try:
         if _pump(run, flight, batcher, judge):
             start = flight.next_start
@@ -726,6 +754,96 @@ def _auto_serial(run: LoopRun, flight: Flight) -> AutoSerial | None:
     return judge
 
 
+#: auto-serial's memory: (loop body, backend, -n) -> what the loop's last run showed
+_seen_loops: dict[tuple[str, str, int], SeenLoop] = {}
+#: Loops remembered at most (the oldest is forgotten first).
+SEEN_LOOPS_KEPT = 256
+#: A loop started in the kernel moves to the workers only on a chunk at least this long.
+KERNEL_FIRST_JUDGED_SECONDS = 0.002
+
+
+def _loop_key(run: LoopRun) -> tuple[str, str, int]:
+    return (run.step.key_source, run.backend.name, run.backend.n_workers)
+
+
+def _starts_in_kernel(run: LoopRun) -> SeenLoop | None:
+    """What the loop's last run showed, where that says to start it in the kernel."""
+    if not run.cell.options.auto_serial or not run.backend.may_finish_in_kernel:
+        return None
+    if isinstance(run.listener, _SilentListener) or not _plain_allowed(run):
+        return None
+    seen = _seen_loops.get(_loop_key(run))
+    if not starts_in_kernel(seen, run.record.total, run.backend.n_workers):
+        return None
+    return seen
+
+
+def _remember(run: LoopRun) -> None:
+    """Keep what auto-serial's judge learned of this loop for its next run."""
+    judge = run.judge
+    if judge is None or judge.cost() is None:
+        return
+    key = _loop_key(run)
+    _seen_loops.pop(key, None)
+    _seen_loops[key] = SeenLoop(
+        plain_cost=judge.plain_cost(),
+        worker_cost=judge.cost() or 0.0,
+        commit_per_item=judge.commit_per_item,
+        startup=run.record.startup,
+        drew=bool(run.streams is not None and run.streams.drew),
+    )
+    while len(_seen_loops) > SEEN_LOOPS_KEPT:
+        _seen_loops.pop(next(iter(_seen_loops)))
+
+
+def _kernel_first(run: LoopRun, items: _Source, seen: SeenLoop) -> bool:
+    """A loop that its last run showed cheaper in the kernel starts there, as the plain
+    loop (:mod:`parmagic.plainrest`), in chunks growing from one iteration; True when it
+    ended there (finished or failed). Where a chunk shows the iterations dearer than
+    remembered, so that workers would now gain, or where one drew a random number, the
+    workers take the rest (False; the memory is dropped).
+    """
+    __tracebackhide__ = True
+    namespace = run.cell.namespace
+    captured = {n: namespace[n] for n in run.step.analysis.captured if n in namespace}
+    run.streams = LoopStreams.start_in_kernel(captured)
+    watched = run.streams.watch()
+    run.record.ran_in_kernel_from = 0
+    run.record.auto_serial_note = (
+        f"{seen.plain_cost * 1e6:.1f} us per iteration when it last ran: "
+        f"{run.backend.n_workers} workers would take longer, their start-up included"
+    )
+    loop = plainrest.PlainLoop(run.step, namespace, run.accumulator, run.listener)
+    source = plainrest.guarded_items(items)
+    total, start, size = run.record.total or 0, 0, 1
+    while chunk := list(itertools.islice(source, size)):
+        with held_interrupts():  # run and recorded together: the record says what was done
+            done = loop.run(chunk)
+            _record_chunk(run, start, chunk, done)
+        start += len(chunk)
+        run.listener.on_progress(run.record, 1)
+        if done.error is not None:
+            run.record.cancelled.extend(range(start - len(chunk) + done.ran + 1, start))
+            if isinstance(done.error, KeyboardInterrupt):
+                _say_cut(run, start - len(chunk) + done.ran, done.cut)
+                raise KeyboardInterrupt
+            break
+        per = done.seconds / len(chunk)
+        drew = run.streams.moved(watched)
+        # a chunk of a millisecond or two says little (a first call's warm-up): not judged
+        judged = done.seconds >= KERNEL_FIRST_JUDGED_SECONDS and start < total
+        if drew or (judged and workers_gain(per, total - start, seen, run.backend.n_workers)):
+            run.streams.saw(drew)
+            _seen_loops.pop(_loop_key(run), None)
+            run.record.ran_in_kernel_from = None
+            run.record.auto_serial_note = ""
+            run.from_kernel_first = not drew  # a draw: the judge may move the rest again
+            return False
+        size = min(size * 8, plainrest.chunk_size(per))
+    run.record.outcome = ERROR if run.first_error else SUCCESS
+    return True
+
+
 def _plain_rest(run: LoopRun, flight: Flight, judge: AutoSerial) -> bool:
     """Auto-serial: run the rest of the loop in the kernel as the plain cell runs it
     (:mod:`parmagic.plainrest`); True when the loop ended there (finished or failed),
@@ -768,14 +886,20 @@ def _plain_rest(run: LoopRun, flight: Flight, judge: AutoSerial) -> bool:
 
 
 def _may_run_plain(run: LoopRun, flight: Flight, judge: AutoSerial) -> bool:
-    options = run.cell.options
+    return (
+        _plain_allowed(run)
+        and not (run.streams is not None and run.streams.drew)
+        and not (flight.retry or flight.in_flight or flight.ready)
+    )
+
+
+def _plain_allowed(run: LoopRun) -> bool:
+    """No option acts per iteration (``--cache``, ``--timeout``, ``--on-error collect``)."""
     return (
         run.step.kernel_loop is not None
         and run.cache is None
-        and options.timeout is None
+        and run.cell.options.timeout is None
         and not run.collect
-        and not (run.streams is not None and run.streams.drew)
-        and not (flight.retry or flight.in_flight or flight.ready)
     )
 
 

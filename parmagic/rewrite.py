@@ -174,7 +174,35 @@ def _comprehension_step(
         assign = compile(ast.fix_missing_locations(ast.Module([stmt], [])), filename, "exec")
     step = _step(kind, loop, analysis, filename, lines, assign=assign, is_last_expr=is_last)
     step.bind_locals = False
+    step.kernel_loop = build_kernel_comprehension(comp, filename)
     return step
+
+
+def build_kernel_comprehension(
+    comp: ast.ListComp | ast.SetComp | ast.DictComp, filename: str
+) -> CodeType:
+    """A comprehension's rest in the kernel: the comprehension itself over ``__pm_rest``,
+    its values added to ``__pm_acc`` (code defining ``__pm_rest_loop(__pm_rest, __pm_acc)``).
+
+    The comprehension's own loop (its own scope, its fast appends), not the for loop that
+    the workers run: as fast as the plain comprehension.
+    """
+    plain = copy.deepcopy(comp)
+    plain.generators[0].iter = ast.copy_location(ast.Name(REST, ast.Load()), comp)
+    method = "extend" if isinstance(comp, ast.ListComp) else "update"
+    add = ast.Attribute(ast.Name(ACC, ast.Load()), method, ast.Load())
+    body = ast.Expr(ast.Call(add, [plain], []))
+    args = ast.arguments(
+        posonlyargs=[],
+        args=[ast.arg(REST), ast.arg(ACC)],
+        kwonlyargs=[],
+        kw_defaults=[],
+        defaults=[],
+    )
+    func = _funcdef(REST + "_loop", args, [body])
+    module = ast.fix_missing_locations(ast.Module([func], []))
+    _copy_locations_down(module, comp)
+    return compile(module, filename, "exec")
 
 
 def comprehension_to_loop(comp: ast.ListComp | ast.SetComp | ast.DictComp) -> ast.For:

@@ -87,17 +87,24 @@ class LoopStreams:
         self.drew: set[str] = set()
 
     @classmethod
-    def start(cls, payload: Payload, backend: Any) -> LoopStreams:
+    def start(cls, payload: Payload, backend: Any, begun: LoopStreams | None = None) -> LoopStreams:
         """Note the generators as the loop starts; for workers in other processes, put
-        their entropies in ``payload.streams``."""
+        their entropies in ``payload.streams`` (``begun``'s, where the loop's first
+        iterations ran in the kernel: the entropies of the loop's start)."""
         gens = generators(payload.captured)
         if backend.in_kernel and not backend.runs_in_order:  # threads share the generators
             streams = cls("watch", gens)
             streams.before = {i: state_of(kind, g) for i, (kind, g) in gens.items()}
             return streams
-        streams = cls("streams", gens)
-        streams.entropy = {i: digest(kind, g) for i, (kind, g) in gens.items()}
-        payload.streams = {i: (gens[i][0], e) for i, e in streams.entropy.items()}
+        streams = begun if begun is not None else cls.start_in_kernel(payload.captured)
+        payload.streams = {i: (gens[i][0], e) for i, e in streams.entropy.items() if i in gens}
+        return streams
+
+    @classmethod
+    def start_in_kernel(cls, captured: dict[str, Any]) -> LoopStreams:
+        """Note the generators and their entropies as the loop starts."""
+        streams = cls("streams", generators(captured))
+        streams.entropy = {i: digest(kind, g) for i, (kind, g) in streams.gens.items()}
         return streams
 
     def watch(self) -> dict[str, Any]:

@@ -142,6 +142,14 @@ def failure_text(record: RunRecord) -> str:
     return ", ".join(named) + (f" and {more} more" if more > 0 else "")
 
 
+def in_kernel_text(record: RunRecord) -> str:
+    """Auto-serial's choice in words: which iterations ran in the kernel, and why."""
+    k = record.ran_in_kernel_from
+    which = "all iterations" if k == 0 else f"iterations from #{k} on"
+    why = f" ({record.auto_serial_note})" if record.auto_serial_note else ""
+    return f"{which} ran in the kernel, as the plain loop: faster than workers{why}"
+
+
 def iteration_counts(record: RunRecord) -> str:
     """``7 done, 1 failed, 8 not run (of 16)``; without a total, ``the rest not run``."""
     parts = [f"{record.done} done", f"{record.failed} failed"]
@@ -345,6 +353,8 @@ class Summary:
         ]
         if r.failed:
             rows.append(("failures", failure_text(r)))
+        if r.ran_in_kernel_from is not None:
+            rows.append(("in the kernel", in_kernel_text(r)))
         return rows
 
     def _overhead_text(self) -> str:
@@ -364,11 +374,12 @@ class Summary:
         counts = f"{r.done}/{r.total}" if r.total is not None else f"{r.done}"
         failed = f", {r.failed} failed" if r.failed else ""
         failed += f", {r.from_cache} from cache" if r.from_cache else ""
+        kernel = f" · {in_kernel_text(r)}" if r.ran_in_kernel_from is not None else ""
         return (
             f"{loop_name(r.label)}: {counts} done{failed} in {format_seconds(r.wall)} on "
             f"{r.n_workers} worker{'s' if r.n_workers != 1 else ''} ({r.backend}) · "
             f"speedup {r.speedup:.2f}x · start-up {format_seconds(startup_seconds(r))} · "
-            f"{r.outcome}"
+            f"{r.outcome}{kernel}"
         )
 
     def worker_lines(self) -> list[str]:

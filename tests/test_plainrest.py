@@ -122,6 +122,14 @@ def test_an_error_in_the_rest_reads_like_the_plain_cells(ip, capsys) -> None:
     assert isinstance(record.iterations[25000].error, ZeroDivisionError)
 
 
+def test_a_comprehension_failing_in_the_rest_binds_nothing(ip, capsys) -> None:
+    cell = "vals = [10 // (25000 - i) for i in range(30000)]\n"
+    plain, parallel = plain_and_parallel(ip, capsys, cell)
+    assert type(parallel[0].error_in_exec) is type(plain[0].error_in_exec) is ZeroDivisionError
+    assert parallel[3] == plain[3] and "vals" not in ip.user_ns
+    assert "10 // (25000 - i)" in parallel[1] + parallel[2]
+
+
 ITEMS = """class Items:
     def __len__(self):
         return 30000
@@ -258,3 +266,61 @@ def test_an_iteration_that_runs_on_is_stopped_after_a_second(
     ex = execute(kc, MAGIC + "after = []\nfor i in range(6):\n    after.append(i * i)")
     assert ex.ok, ex.error()
     assert value(kc, "after") == [i * i for i in range(6)]
+
+
+# ----------------------------------------------------------------- a loop run again
+
+AGAIN = """out = []
+for i in range(30000):
+    out.append(work(i))
+"""
+WORK = """DELAY = 0.0
+def work(x):
+    if DELAY:
+        time.sleep(DELAY)
+    return 10 // (LIMIT - x)
+LIMIT = -1
+"""
+
+
+@pytest.fixture
+def again(ip, capsys):
+    """A cheap loop run once: auto-serial has seen it finish in the kernel."""
+    fresh(ip, SETUP + "import time\n" + WORK, capsys)
+    result, _, err = run(ip, MAGIC + AGAIN, capsys)
+    assert result.success, err
+    assert parmagic.last_run().ran_in_kernel_from is not None
+    return ip
+
+
+def test_a_cheap_loop_run_again_starts_in_the_kernel(again, capsys) -> None:
+    result, _, err = run(again, MAGIC + AGAIN, capsys)
+    assert result.success, err
+    assert again.user_ns["out"] == [10 // (-1 - x) for x in range(30000)]
+    assert again.user_ns["i"] == 29999
+    record = parmagic.last_run()
+    assert record.ran_in_kernel_from == 0 and "when it last ran" in record.auto_serial_note
+    assert {t.worker for t in record.tasks} == {os.getpid()}  # no worker was asked
+    assert record.done == 30000
+
+
+def test_a_loop_run_again_with_dearer_iterations_moves_to_the_workers(again, capsys) -> None:
+    run(again, "DELAY = 0.005", capsys)
+    cell = "out = []\nfor i in range(40):\n    out.append(work(i))\n"
+    result, _, err = run(again, MAGIC + cell, capsys)
+    assert result.success, err
+    assert again.user_ns["out"] == [10 // (-1 - x) for x in range(40)]
+    record = parmagic.last_run()
+    assert record.ran_in_kernel_from is None and record.done == 40
+    assert len({t.worker for t in record.tasks} - {os.getpid()}) == 2  # both workers took part
+
+
+def test_an_error_in_a_loop_started_in_the_kernel_reads_like_the_plain_cells(again, capsys) -> None:
+    run(again, "LIMIT = 25000", capsys)
+    result, out, err = run(again, MAGIC + AGAIN, capsys)
+    assert type(result.error_in_exec) is ZeroDivisionError
+    assert len(again.user_ns["out"]) == 25000 and again.user_ns["i"] == 25000
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", out + err)
+    assert "return 10 // (LIMIT - x)" in shown and "parmagic/" not in shown
+    record = parmagic.last_run()
+    assert (record.done, record.failed, record.ran_in_kernel_from) == (25000, 1, 0)

@@ -202,6 +202,8 @@ def test_the_judge_switches_only_when_the_kernel_is_not_slower() -> None:
     for pid in (1, 2, 1, 2):
         short.observe(result(pid, 1e-6))
     short.judge(4, 32, False)
+    assert not short.decided  # a few cheap batches are too few to decide on
+    short.judge(8, 32, False)
     assert short.decided and not short.switch
 
     unsized = AutoSerial(None, 4, 8)  # no len(): the saving cannot be bounded
