@@ -123,8 +123,8 @@ class LoopRun:
     backend: Backend
     listener: RunListener
     record: RunRecord
-    replay: list[Any]
     accumulator: Any
+    dry: bool = False
     final_locals: dict[str, Any] = field(default_factory=dict)
     failures: list[tuple[int, Any, BaseException]] = field(default_factory=list)
     first_error: tuple[int, BaseException, str] | None = None
@@ -144,6 +144,19 @@ class LoopRun:
     #: auto-serial: the kernel ran the loop's first iterations (its last run showed it cheap)
     #: and the workers take the rest, without a judge
     from_kernel_first: bool = False
+
+    _replays: list[Any] | None = None
+
+    @property
+    def replay(self) -> list[Any]:
+        """The replay function of each effect (compiled at first use: a loop that runs in
+        the kernel as the plain loop needs none)."""
+        if self._replays is None:
+            cell = self.cell
+            self._replays = _make_replays(
+                self.step, cell.namespace, cell.filename, self.accumulator, self.dry
+            )
+        return self._replays
 
     @property
     def collect(self) -> bool:
@@ -203,8 +216,8 @@ def run_loop(step: LoopStep, cell: CellRun, dry: bool = False, label: str = "") 
         backend=backend,
         listener=_display(step, cell, dry, label, user_bar),
         record=RunRecord(step.source_line, backend.name, backend.n_workers, _length(iterable)),
-        replay=_make_replays(step, namespace, cell.filename, accumulator, dry),
         accumulator=accumulator,
+        dry=dry,
     )
     if not dry:  # a timing run's record is --compare's, never last_run()
         _runs.append(run.record)
@@ -829,7 +842,8 @@ def _kernel_first(run: LoopRun, items: _Source, seen: SeenLoop) -> bool:
                 raise KeyboardInterrupt
             break
         per = done.seconds / len(chunk)
-        drew = run.streams.moved(watched)
+        # a generator's state takes ~0.1 ms to read: looked at after chunks of a ms or more
+        drew = run.streams.moved(watched) if done.seconds >= 1e-3 else []
         # a chunk of a millisecond or two says little (a first call's warm-up): not judged
         judged = done.seconds >= KERNEL_FIRST_JUDGED_SECONDS and start < total
         if drew or (judged and workers_gain(per, total - start, seen, run.backend.n_workers)):
@@ -840,6 +854,7 @@ def _kernel_first(run: LoopRun, items: _Source, seen: SeenLoop) -> bool:
             run.from_kernel_first = not drew  # a draw: the judge may move the rest again
             return False
         size = min(size * 8, plainrest.chunk_size(per))
+    run.streams.saw(run.streams.moved(watched))
     run.record.outcome = ERROR if run.first_error else SUCCESS
     return True
 
