@@ -608,7 +608,8 @@ class Flight:
                     return
                 # auto-serial's probe wave: small batches, so that a loop that ends in the
                 # kernel has not sent whole batches to the workers first
-                size = self.probe_size if self.batch_cap is not None else self.batcher.next_size()
+                probing = self.batch_cap is not None and not self.batcher.fixed  # -c wins
+                size = self.probe_size if probing else self.batcher.next_size()
                 chunk = list(itertools.islice(self.items, size))
                 if not chunk:
                     self.exhausted = True
@@ -767,16 +768,18 @@ def _auto_serial(run: LoopRun, flight: Flight) -> AutoSerial | None:
     return judge
 
 
-#: auto-serial's memory: (loop body, backend, -n) -> what the loop's last run showed
-_seen_loops: dict[tuple[str, str, int], SeenLoop] = {}
+#: auto-serial's memory: (loop body, its line, backend, -n) -> what the loop's last run showed
+_seen_loops: dict[tuple[str, str, str, int], SeenLoop] = {}
 #: Loops remembered at most (the oldest is forgotten first).
 SEEN_LOOPS_KEPT = 256
 #: A loop started in the kernel moves to the workers only on a chunk at least this long.
 KERNEL_FIRST_JUDGED_SECONDS = 0.002
 
 
-def _loop_key(run: LoopRun) -> tuple[str, str, int]:
-    return (run.step.key_source, run.backend.name, run.backend.n_workers)
+def _loop_key(run: LoopRun) -> tuple[str, str, str, int]:
+    # the loop's line too: pmap(f) and pmap(g) share their body, not their costs
+    step = run.step
+    return (step.key_source, step.source_line, run.backend.name, run.backend.n_workers)
 
 
 def _starts_in_kernel(run: LoopRun) -> SeenLoop | None:

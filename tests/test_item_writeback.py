@@ -81,6 +81,31 @@ def test_estimators_fitted_in_the_loop_are_the_kernels_own(ip, capsys, backend: 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_estimators_that_draw_random_numbers_share_a_batch_and_are_fitted(
+    ip, capsys, backend: str
+) -> None:
+    # SVC draws from numpy's global generator: a batch of several that drew runs again with
+    # a stream per iteration, and must start again from the items as they came (it compared
+    # the already-fitted copies, saw no change, and the kernel's estimators stayed unfitted)
+    run(
+        ip,
+        "from sklearn.svm import SVC\nfrom sklearn.neighbors import KNeighborsClassifier",
+        capsys,
+    )
+    run(ip, "labels = (X[:, 0] > 20).astype(int)", capsys)
+    run(
+        ip,
+        "models = [KNeighborsClassifier(3), SVC(), SVC(C=10.0), KNeighborsClassifier(5)]",
+        capsys,
+    )
+    cell = f"%%parallel -n 2 --no-progress --chunksize 2 --backend {backend}\n"
+    cell += "for m in models:\n    m.fit(X, labels)\n"
+    result, _, err = run(ip, cell, capsys)
+    assert result.error_in_exec is None, err
+    assert all(hasattr(m, "classes_") for m in ip.user_ns["models"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_frames_and_dicts_edited_through_the_loop_variable(ip, capsys, backend: str) -> None:
     run(ip, "train = pd.DataFrame({'x': [1, 2]}); test = pd.DataFrame({'x': [3]})", capsys)
     run(ip, "ds = [{}, {}]; alias = ds[0]", capsys)

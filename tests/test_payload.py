@@ -18,7 +18,7 @@ def test_captured_array_is_aligned_and_sums_exactly_as_serial() -> None:
     for size in (3_000_001, 1_000_003):  # pickle stream lengths that would misalign
         arr = np.random.default_rng(size).random(size)
         ns = {"arr": arr}
-        parmagic.run_cell(BODY, ns, n_jobs=2, progress=False)
+        parmagic.run_cell(BODY, ns, n_jobs=2, progress=False, auto_serial=False)  # workers
         assert ns["out"] == [arr[i * 1000 : (i + 1) * 300000].sum() for i in range(8)]
         # a read-only view of the shared map in every worker, not a copy
         assert set(ns["seen"]) == {(0, True, False)}

@@ -244,7 +244,8 @@ class _BatchState:
         result = self.result = BatchResult(start=self.start, ran=0, pid=self.result.pid)
         self.record = result.effects.append if self.stop_at is None else _stop_at(self.stop_at)
         self.mark = self._mark_and_arm if self.timeout or self.track else result.marks.append
-        if self.tracker is not None:  # compare the items again, from the new start
+        if self.tracker is not None:  # the items as they came, compared again
+            self.tracker.restore()
             self.track_items(self.tracker.items, self._single)
         if self.split:
             self.split_iterations(self.body)
@@ -396,6 +397,8 @@ def run_batch(
     result = state.result  # a new one when the streams ran the batch again
     if before is not None and watch.changed(before):
         if len(items) > 1:  # which iteration did it? run them again one by one, from fresh copies
+            if state.tracker is not None:
+                state.tracker.restore()  # the items too, as they came
             result = _one_by_one(ref, start, items, slot, payload.collect)
         else:
             _captured_changes(ref, payload, before, result)

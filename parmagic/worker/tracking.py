@@ -222,12 +222,26 @@ class ItemTracker:
         self.before: bytes | None = None
         self.last_before: bytes | None = None
         self.changes: list[ItemChange] = []
+        #: iteration -> its item's state as it came: the batch may run again (random
+        #: streams, a captured value changed) and must start from the items as sent
+        self.received: dict[int, bytes] = {}
 
     def begin(self, k: int) -> None:
         """Iteration ``k`` starts: remember its item's state (nothing for atomic items)."""
         item = self.items[k - self.start]
         self.k = k
         self.before = None if is_atomic(item) else state_of(item)
+        if self.before is not None:
+            self.received.setdefault(k, self.before)
+
+    def restore(self) -> None:
+        """Put the items the batch's iterations changed back as they came (in place in the
+        batch's list), so that running it again changes them again, and shows it."""
+        import cloudpickle
+
+        for k, state in self.received.items():
+            self.items[k - self.start] = cloudpickle.loads(state)
+        self.received.clear()
 
     def end(self, effects_before: int) -> ItemChange | None:
         """The current iteration ended: its item's change, if it changed."""
