@@ -191,15 +191,7 @@ def build_kernel_comprehension(
     plain.generators[0].iter = ast.copy_location(ast.Name(REST, ast.Load()), comp)
     method = "extend" if isinstance(comp, ast.ListComp) else "update"
     add = ast.Attribute(ast.Name(ACC, ast.Load()), method, ast.Load())
-    body = ast.Expr(ast.Call(add, [plain], []))
-    args = ast.arguments(
-        posonlyargs=[],
-        args=[ast.arg(REST), ast.arg(ACC)],
-        kwonlyargs=[],
-        kw_defaults=[],
-        defaults=[],
-    )
-    func = _funcdef(REST + "_loop", args, [body])
+    func = _rest_loop_function([ast.Expr(ast.Call(add, [plain], []))])
     module = ast.fix_missing_locations(ast.Module([func], []))
     _copy_locations_down(module, comp)
     return compile(module, filename, "exec")
@@ -278,14 +270,7 @@ def build_kernel_loop(loop: ast.For, kind: str, filename: str) -> CodeType:
     ast.copy_location(plain, loop)
     body: ast.stmt = plain
     if kind != "for":
-        args = ast.arguments(
-            posonlyargs=[],
-            args=[ast.arg(REST), ast.arg(ACC)],
-            kwonlyargs=[],
-            kw_defaults=[],
-            defaults=[],
-        )
-        body = ast.copy_location(_funcdef(REST + "_loop", args, [plain]), loop)
+        body = ast.copy_location(_rest_loop_function([plain]), loop)
     module = ast.fix_missing_locations(ast.Module([body], []))
     _copy_locations_down(module, loop)
     return compile(module, filename, "exec")
@@ -339,6 +324,19 @@ def build_batch_function(
     module = ast.fix_missing_locations(ast.Module([func], []))
     _copy_locations_down(module, loop)
     return compile(module, filename, "exec"), replays
+
+
+def _rest_loop_function(body: list[ast.stmt]) -> ast.FunctionDef:
+    """``def __pm_rest_loop(__pm_rest, __pm_acc): <body>``: a comprehension's rest, in a
+    scope of its own as the comprehension's."""
+    args = ast.arguments(
+        posonlyargs=[],
+        args=[ast.arg(REST), ast.arg(ACC)],
+        kwonlyargs=[],
+        kw_defaults=[],
+        defaults=[],
+    )
+    return _funcdef(REST + "_loop", args, body)
 
 
 def _copy_locations_down(tree: ast.AST, default: ast.AST) -> None:

@@ -209,6 +209,17 @@ def kernel_pair() -> Iterator[tuple[Any, Any]]:
         yield km, kc
 
 
+def stopped(km: Any, kc: Any, code: str, mark: Path, within: float) -> Any:
+    """Run ``code``; press the stop button once an iteration wrote ``mark``; the cell must
+    end with KeyboardInterrupt within ``within`` seconds of the press."""
+    msg_id = kc.execute(code)
+    sent = when_written(mark, lambda _: (km.interrupt_kernel(), time.monotonic())[1])
+    ex = collect(kc, msg_id)
+    assert ex.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert ex.idle_at() - sent < within, f"the cell took {ex.idle_at() - sent:.2f}s to stop"
+    return ex
+
+
 @pytest.mark.kernel
 @pytest.mark.slow
 def test_the_stop_button_in_the_rest_lands_between_iterations(
@@ -222,11 +233,7 @@ def test_the_stop_button_in_the_rest_lands_between_iterations(
         "    r.append(i)\n"
         "    r.append(-i)\n"
     )
-    msg_id = kc.execute(code)
-    sent = when_written(mark, lambda _: (km.interrupt_kernel(), time.monotonic())[1])
-    ex = collect(kc, msg_id)
-    assert ex.reply["content"]["ename"] == "KeyboardInterrupt"
-    assert ex.idle_at() - sent < 2.0, f"the cell took {ex.idle_at() - sent:.2f}s to stop"
+    ex = stopped(km, kc, code, mark, within=2.0)
     found = HOW_FAR.findall(ex.stream("stderr"))
     assert len(found) == 1, ex.stream("stderr")
     n = int(found[0])
@@ -253,11 +260,7 @@ def test_an_iteration_that_runs_on_is_stopped_after_a_second(
         "        time.sleep(60)\n"
         "        r.append('never')\n"
     )
-    msg_id = kc.execute(code)
-    sent = when_written(mark, lambda _: (km.interrupt_kernel(), time.monotonic())[1])
-    ex = collect(kc, msg_id)
-    assert ex.reply["content"]["ename"] == "KeyboardInterrupt"
-    assert ex.idle_at() - sent < 3.0, f"the cell took {ex.idle_at() - sent:.2f}s to stop"
+    ex = stopped(km, kc, code, mark, within=3.0)
     err = ex.stream("stderr")
     assert "iteration 2000000" in err and "part-way" in err, err
     assert HOW_FAR.findall(err) == ["2000000"], err
