@@ -32,6 +32,7 @@ Running in dask's worker threads needs two things the process backends do not:
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import sys
 import threading
@@ -57,6 +58,8 @@ NO_CLIENT = (
 )
 #: Seconds to wait for a --scheduler address to answer.
 CONNECT_TIMEOUT_S = 10
+#: A cluster with no worker: how long a run waits for one (nannies restart dead workers).
+WORKERS_BACK_SECONDS = 10
 #: Seconds ``abort`` waits for the workers to acknowledge the interrupt.
 ABORT_WAIT_S = 2.0
 
@@ -189,6 +192,10 @@ class DaskBackend(Backend):
         """Put the payload on every worker once; tasks name it by its dask future."""
         client = self.client()
         threads = client.nthreads()
+        if not threads:  # the nannies may be restarting workers that died (a crashed iteration)
+            with contextlib.suppress(Exception):
+                client.wait_for_workers(1, timeout=WORKERS_BACK_SECONDS)
+            threads = client.nthreads()
         self._threads = max(1, sum(threads.values()))  # the cluster may have grown
         if not threads:
             raise BackendUnavailableError(
