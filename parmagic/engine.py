@@ -426,6 +426,7 @@ def _payload(
         rich=None if backend.in_kernel or dry else settings(),
         env=None if backend.in_kernel else capture_environment(key),
         split=split,
+        in_kernel=backend.in_kernel,
     )
 
 
@@ -959,7 +960,10 @@ def _to_kernel(run: LoopRun, flight: Flight, batcher: Batcher, note: str) -> Fli
     from .backends.local import SerialBackend
 
     serial = SerialBackend()
-    ref = serial.publish(_payload(run.step, run.cell, serial, split=run.cache is not None))
+    payload = _payload(run.step, run.cell, serial, split=run.cache is not None)
+    if run.streams is not None and run.streams.mode == "streams":
+        run.streams.send(payload)  # the rest draws from its iterations' own streams
+    ref = serial.publish(payload)
     if run.backend.pickles_locals and run.final_locals:
         import cloudpickle
 

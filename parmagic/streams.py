@@ -97,8 +97,14 @@ class LoopStreams:
             streams.before = {i: state_of(kind, g) for i, (kind, g) in gens.items()}
             return streams
         streams = begun if begun is not None else cls.start_in_kernel(payload.captured)
-        payload.streams = {i: (gens[i][0], e) for i, e in streams.entropy.items() if i in gens}
+        streams.send(payload)
         return streams
+
+    def send(self, payload: Payload) -> None:
+        """Give ``payload``'s run the loop's streams (its entropies as the loop started)
+        and the generators it is known to draw from."""
+        payload.streams = {i: (self.gens[i][0], e) for i, e in self.entropy.items()}
+        payload.drawing = frozenset(self.drew)
 
     @classmethod
     def start_in_kernel(cls, captured: dict[str, Any]) -> LoopStreams:

@@ -327,3 +327,34 @@ def test_an_error_in_a_loop_started_in_the_kernel_reads_like_the_plain_cells(aga
     assert "return 10 // (LIMIT - x)" in shown and "parmagic/" not in shown
     record = parmagic.last_run()
     assert (record.done, record.failed, record.ran_in_kernel_from) == (25000, 1, 0)
+
+
+MONTE_CARLO = """random.seed(3)
+inside = 0
+xs = []
+for i in range(20000):
+    x, y = random.random(), random.random()
+    xs.append(x)
+    inside += x * x + y * y < 1
+"""
+
+
+def test_a_seeded_monte_carlo_finished_in_the_kernel_draws_the_streams_of_any_n(ip, capsys) -> None:
+    """Iteration k draws from its own stream wherever it runs: the rest in the kernel too."""
+    got = {}
+    for options in ("-n 2", "-n 2 --no-auto-serial", "-n 1"):
+        result, _, err = run(ip, f"%%parallel {options} --no-progress\n{MONTE_CARLO}", capsys)
+        assert result.success, err
+        got[options] = (ip.user_ns["inside"], list(ip.user_ns["xs"]))
+        if options == "-n 2":
+            assert parmagic.last_run().ran_in_kernel_from is not None
+    assert got["-n 2"] == got["-n 2 --no-auto-serial"] == got["-n 1"]
+
+
+def test_batches_in_the_kernel_that_draw_never_run_twice(ip, capsys) -> None:
+    """-n 1 runs batches on the kernel's own items: a batch that drew cannot run again."""
+    run(ip, "random.seed(1)\nitems = [[] for _ in range(40)]", capsys)
+    cell = "%%parallel -n 1 --no-progress --chunksize 8\nfor it in items:\n"
+    result, _, err = run(ip, cell + "    it.append(random.random())\n", capsys)
+    assert result.success, err
+    assert [len(it) for it in ip.user_ns["items"]] == [1] * 40

@@ -58,6 +58,12 @@ class Payload:
     #: the worker process runs other code's threads too (dask): each batch thread draws
     #: from its own generator behind the ``random`` module's functions (worker/streams.py)
     private_random: bool = False
+    #: the batches run in the kernel on its own objects (-n 1, auto-serial's batch path): a
+    #: batch never runs twice (its changes to the items are real), see worker/streams.py
+    in_kernel: bool = False
+    #: generators the loop is known to draw from: reseeded at every iteration from the
+    #: first batch on (no batch needs to run again to learn it)
+    drawing: frozenset = frozenset()
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # unpickling applies the environment first, then unpickles the captured values,

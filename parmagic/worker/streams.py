@@ -170,10 +170,20 @@ class _Gen:
 class RunStreams:
     """One run's generators in this worker, and which of them this run draws from."""
 
-    def __init__(self, specs: dict[str, tuple[str, int]], captured: dict[str, Any]):
+    def __init__(
+        self,
+        specs: dict[str, tuple[str, int]],
+        captured: dict[str, Any],
+        rerun: bool = True,
+        drawing: frozenset = frozenset(),
+    ):
         self.specs = specs
         self.captured = captured
-        self.drawing: set[str] = set()
+        #: a batch that drew may run again (in a worker: its results are only records); in
+        #: the kernel it may not (it changed the kernel's objects): its draws stand, from the
+        #: batch's first stream, and later batches reseed at every iteration
+        self.rerun = rerun
+        self.drawing: set[str] = set(drawing) & set(specs)
         self._gens: list[_Gen] | None = None
 
     def _present(self) -> list[_Gen]:
@@ -227,7 +237,7 @@ class RunStreams:
             appeared = GLOBAL_NUMPY in self.specs and global_generator(GLOBAL_NUMPY) is not None
             appeared = appeared and all(g.id != GLOBAL_NUMPY for g in gens)
             state.result.drew = sorted(changed | {g.id for g in per_iteration})
-            again = appeared or (changed and count > 1)
+            again = self.rerun and (appeared or (changed and count > 1))
             if not again or tries == MAX_ATTEMPTS or _stopped(state.result):
                 return
             state.restart()
@@ -310,5 +320,11 @@ def for_run(payload: Any) -> RunStreams | None:
     if getattr(payload, "private_random", False) and GLOBAL_RANDOM in specs:
         _random_per_thread()
     if _cache.key != payload.key:
-        _cache.key, _cache.streams = payload.key, RunStreams(specs, payload.captured)
+        streams = RunStreams(
+            specs,
+            payload.captured,
+            rerun=not getattr(payload, "in_kernel", False),
+            drawing=getattr(payload, "drawing", frozenset()),
+        )
+        _cache.key, _cache.streams = payload.key, streams
     return _cache.streams
