@@ -103,7 +103,8 @@ def workers_seconds(
 
 @dataclass
 class SeenLoop:
-    """What a loop's last run showed auto-serial (kept per loop body, backend and ``-n``)."""
+    """What a loop's last run showed auto-serial (kept per loop body and line, backend and
+    ``-n``)."""
 
     plain_cost: float  # seconds per iteration of the plain loop in the kernel
     worker_cost: float  # seconds per iteration on a worker

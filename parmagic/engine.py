@@ -834,16 +834,9 @@ def _kernel_first(run: LoopRun, items: _Source, seen: SeenLoop) -> bool:
     source = plainrest.guarded_items(items)
     total, start, size = run.record.total or 0, 0, 1
     while chunk := list(itertools.islice(source, size)):
-        with held_interrupts():  # run and recorded together: the record says what was done
-            done = loop.run(chunk)
-            _record_chunk(run, start, chunk, done)
+        done = _plain_chunk(run, loop, start, chunk)
         start += len(chunk)
-        run.listener.on_progress(run.record, 1)
         if done.error is not None:
-            run.record.cancelled.extend(range(start - len(chunk) + done.ran + 1, start))
-            if isinstance(done.error, KeyboardInterrupt):
-                _say_cut(run, start - len(chunk) + done.ran, done.cut)
-                raise KeyboardInterrupt
             break
         per = done.seconds / len(chunk)
         # a generator's state takes ~0.1 ms to read: looked at after chunks of a ms or more
@@ -887,16 +880,8 @@ def _plain_rest(run: LoopRun, flight: Flight, judge: AutoSerial) -> bool:
     size = plainrest.chunk_size(judge.cost())
     while chunk := list(itertools.islice(items, size)):
         start = flight.next_start
-        with held_interrupts():  # run and recorded together: the record says what was done
-            done = loop.run(chunk)
-            flight.next_start = flight.submitted = start + len(chunk)
-            _record_chunk(run, start, chunk, done)
-        run.listener.on_progress(run.record, 1)
-        if done.error is not None:
-            run.record.cancelled.extend(range(start + done.ran + 1, start + len(chunk)))
-            if isinstance(done.error, KeyboardInterrupt):
-                _say_cut(run, start + done.ran, done.cut)
-                raise KeyboardInterrupt
+        flight.next_start = flight.submitted = start + len(chunk)
+        if _plain_chunk(run, loop, start, chunk).error is not None:
             return True
         if watched and (drew := run.streams.moved(watched)):
             run.streams.saw(drew)
@@ -920,6 +905,24 @@ def _plain_allowed(run: LoopRun) -> bool:
         and run.cell.options.timeout is None
         and not run.collect
     )
+
+
+def _plain_chunk(
+    run: LoopRun, loop: plainrest.PlainLoop, start: int, chunk: list
+) -> plainrest.ChunkRun:
+    """Run a chunk as the plain loop, record it, show the progress; a failing iteration
+    ends it (the caller stops there), the stop button is raised here."""
+    __tracebackhide__ = True
+    with held_interrupts():  # run and recorded together: the record says what was done
+        done = loop.run(chunk)
+        _record_chunk(run, start, chunk, done)
+    run.listener.on_progress(run.record, 1)
+    if done.error is not None:
+        run.record.cancelled.extend(range(start + done.ran + 1, start + len(chunk)))
+        if isinstance(done.error, KeyboardInterrupt):
+            _say_cut(run, start + done.ran, done.cut)
+            raise KeyboardInterrupt
+    return done
 
 
 def _record_chunk(run: LoopRun, start: int, chunk: list, done: plainrest.ChunkRun) -> None:

@@ -48,7 +48,7 @@ def interrupts_deferred(grace: float) -> Iterator[None]:
 
     Auto-serial's rest runs the user's statements in the kernel in chunks of milliseconds:
     the stop button lands between iterations, unless one of them runs on far longer than
-    the first ones did; the user waits a second at most, as a plain loop's would not.
+    the first ones did, and then the user waits a second at most.
     """
     if threading.current_thread() is not threading.main_thread():
         yield

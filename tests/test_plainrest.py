@@ -75,6 +75,33 @@ def test_the_rest_runs_as_the_plain_loop(ip, capsys) -> None:
     assert rest and sum(t.count for t in rest) == 30000 - record.ran_in_kernel_from
     assert record.done == 30000 and len(record.iterations) == 30000
     assert {it.status for it in record.iterations} == {"done"}
+    assert f"iterations from #{record.ran_in_kernel_from} on ran in the kernel" in parallel[2]
+
+
+SHOWS = """import warnings
+from IPython.display import display
+warnings.simplefilter("ignore", UserWarning)
+warned = []
+warnings.showwarning = lambda message, *rest, **kw: warned.append(str(message))
+shown = []
+for i in range(30000):
+    if i % 10000 == 0:
+        display(f"shown {i}")
+        warnings.warn(f"hidden {i}")
+        warnings.warn(f"once {i % 2}", RuntimeWarning)
+    shown.append(i)
+"""
+
+
+def test_displays_and_the_kernels_warning_filters_in_the_rest(ip, capsys) -> None:
+    plain, parallel = plain_and_parallel(ip, capsys, SHOWS)
+    assert parallel[0].success, parallel[2]
+    assert parallel[3] == plain[3]
+    assert [x for x in parallel[1].splitlines() if "shown" in x] == [
+        x for x in plain[1].splitlines() if "shown" in x
+    ]
+    assert ip.user_ns["warned"] and not any("hidden" in w for w in ip.user_ns["warned"])
+    assert parmagic.last_run().ran_in_kernel_from is not None
 
 
 def test_items_changed_in_the_rest_are_the_kernels_own(ip, capsys) -> None:
