@@ -235,7 +235,7 @@ class ItemTracker:
             self.received.setdefault(k, self.before)
 
     def restore(self) -> None:
-        """Put the items the batch's iterations changed back as they came (in place in the
+        """Put the items the batch's iterations received back as they came (in place in the
         batch's list), so that running it again changes them again, and shows it."""
         import cloudpickle
 
