@@ -817,14 +817,16 @@ def _kernel_first(run: LoopRun, items: _Source, seen: SeenLoop) -> bool:
     """A loop that its last run showed cheaper in the kernel starts there, as the plain
     loop (:mod:`parmagic.plainrest`), in chunks growing from one iteration; True when it
     ended there (finished or failed). Where a chunk shows the iterations dearer than
-    remembered, so that workers would now gain, or where one drew a random number, the
-    workers take the rest (False; the memory is dropped).
+    remembered, so that workers would now gain, the workers take the rest (False; the
+    memory is dropped), unless an iteration has drawn a random number: the kernel's
+    iterations drew the plain loop's numbers, so the rest stays there and draws them too
+    (moving it would make the numbers depend on timing).
     """
     __tracebackhide__ = True
     namespace = run.cell.namespace
     captured = {n: namespace[n] for n in run.step.analysis.captured if n in namespace}
     run.streams = LoopStreams.start_in_kernel(captured)
-    watched = run.streams.watch()
+    watched, drew = run.streams.watch(), False
     run.record.ran_in_kernel_from = 0
     run.record.auto_serial_note = (
         f"{seen.plain_cost * 1e6:.1f} us per iteration when it last ran: "
@@ -839,19 +841,18 @@ def _kernel_first(run: LoopRun, items: _Source, seen: SeenLoop) -> bool:
         if done.error is not None:
             break
         per = done.seconds / len(chunk)
-        # a generator's state takes ~0.1 ms to read: looked at after chunks of a ms or more
-        drew = run.streams.moved(watched) if done.seconds >= 1e-3 else []
         # a chunk of a millisecond or two says little (a first call's warm-up): not judged
         judged = done.seconds >= KERNEL_FIRST_JUDGED_SECONDS and start < total
-        if drew or (judged and workers_gain(per, total - start, seen, run.backend.n_workers)):
-            run.streams.saw(drew)
-            _seen_loops.pop(_loop_key(run), None)
-            run.record.ran_in_kernel_from = None
-            run.record.auto_serial_note = ""
-            run.from_kernel_first = not drew  # a draw: the judge may move the rest again
-            return False
+        if judged and not drew and workers_gain(per, total - start, seen, run.backend.n_workers):
+            # a generator's state takes ~50 us to read: only looked at before moving
+            drew = bool(run.streams.moved(watched))
+            if not drew:
+                _seen_loops.pop(_loop_key(run), None)
+                run.record.ran_in_kernel_from = None
+                run.record.auto_serial_note = ""
+                run.from_kernel_first = True
+                return False
         size = min(size * 8, plainrest.chunk_size(per))
-    run.streams.saw(run.streams.moved(watched))
     run.record.outcome = ERROR if run.first_error else SUCCESS
     return True
 
@@ -863,9 +864,9 @@ def _plain_rest(run: LoopRun, flight: Flight, judge: AutoSerial) -> bool:
 
     It takes over only where nothing tells the two apart: no option that acts per
     iteration (``--cache``, ``--timeout``, ``--on-error collect``), no random draw so far
-    (iterations draw from streams of their own). A draw that shows up later hands the
-    rest back to the batch path after that chunk, whose draws stay the kernel
-    generator's own (the README says so).
+    (iterations draw from streams of their own). Nothing drew before the rest, so the
+    kernel's generators are as the loop found them: an iteration of the rest that draws
+    draws the plain loop's numbers, whichever iteration the rest started from.
     """
     __tracebackhide__ = True
     if not _may_run_plain(run, flight, judge):
@@ -874,7 +875,6 @@ def _plain_rest(run: LoopRun, flight: Flight, judge: AutoSerial) -> bool:
     run.record.auto_serial_note = judge.note
     _bind_locals(run, run.cell.namespace)  # the workers' part first, as a plain loop binds them
     run.final_locals = {}
-    watched = run.streams.watch() if run.streams is not None else {}
     loop = plainrest.PlainLoop(run.step, run.cell.namespace, run.accumulator, run.listener)
     items = plainrest.guarded_items(flight.items)
     size = plainrest.chunk_size(judge.cost())
@@ -883,9 +883,6 @@ def _plain_rest(run: LoopRun, flight: Flight, judge: AutoSerial) -> bool:
         flight.next_start = flight.submitted = start + len(chunk)
         if _plain_chunk(run, loop, start, chunk).error is not None:
             return True
-        if watched and (drew := run.streams.moved(watched)):
-            run.streams.saw(drew)
-            return False
     return True
 
 
