@@ -11,10 +11,10 @@ iteration order. Line numbers are those of the cell as the user sees it.
 from __future__ import annotations
 
 import ast
-import copy
 import functools
 from dataclasses import dataclass, field
 from types import CodeType
+from typing import Any
 
 from .analysis import RESERVED, LoopAnalysis, analyse_loop, effect_value_nodes
 
@@ -73,6 +73,28 @@ class CellPlan:
     def loops(self) -> list[LoopStep]:
         """The parallel steps of the cell."""
         return [s for s in self.steps if isinstance(s, LoopStep)]
+
+
+def copy_tree(node: Any) -> Any:
+    """A copy of an AST (a node, or a list of them) through its fields only.
+
+    Not ``copy.deepcopy``: libraries attach attributes to nodes (IPython's tracebacks, through
+    ``executing``, set ``parent`` on every node of a file they show, the ``Load()`` and
+    ``Store()`` singletons that every parsed tree shares included), so a deep copy of a cell's
+    loop dragged in a whole library module's tree: seconds per cell after any traceback.
+    """
+    if isinstance(node, list):
+        return [copy_tree(n) for n in node]
+    if not isinstance(node, ast.AST) or isinstance(node, ast.expr_context):
+        return node  # strings, numbers, None; contexts are shared singletons in parsed trees
+    new = type(node)()
+    for name in node._fields:
+        if hasattr(node, name):
+            setattr(new, name, copy_tree(getattr(node, name)))
+    for name in node._attributes:
+        if hasattr(node, name):
+            setattr(new, name, getattr(node, name))
+    return new
 
 
 def plan_cell(
@@ -187,7 +209,7 @@ def build_kernel_comprehension(
     The comprehension's own loop (its own scope, its fast appends), not the for loop that
     the workers run: as fast as the plain comprehension.
     """
-    plain = copy.deepcopy(comp)
+    plain = copy_tree(comp)
     plain.generators[0].iter = ast.copy_location(ast.Name(REST, ast.Load()), comp)
     method = "extend" if isinstance(comp, ast.ListComp) else "update"
     add = ast.Attribute(ast.Name(ACC, ast.Load()), method, ast.Load())
@@ -266,7 +288,7 @@ def build_kernel_loop(loop: ast.For, kind: str, filename: str) -> CodeType:
     names stay its own, as in the comprehension) that fills ``__pm_acc``.
     """
     rest = ast.Name(REST, ast.Load())
-    plain = ast.For(copy.deepcopy(loop.target), rest, copy.deepcopy(loop.body), [])
+    plain = ast.For(copy_tree(loop.target), rest, copy_tree(loop.body), [])
     ast.copy_location(plain, loop)
     body: ast.stmt = plain
     if kind != "for":
@@ -288,7 +310,7 @@ def _cache_parts(
     names = tuple(n.id for n in leaves if isinstance(n, ast.Name))
     if not all(isinstance(n, ast.Name | ast.Tuple | ast.List | ast.Starred) for n in leaves):
         return key_source, names, None
-    target = copy.deepcopy(loop.target)
+    target = copy_tree(loop.target)
     assign = ast.Assign(targets=[target], value=ast.Name(ITEM, ast.Load()))
     module = ast.fix_missing_locations(ast.Module([ast.copy_location(assign, loop)], []))
     return key_source, names, compile(module, filename, "exec")
@@ -302,13 +324,13 @@ def build_batch_function(
     In the worker, each effect statement becomes ``rec((k, effect id, values))``;
     in the kernel, its replay is the same statement reading ``__pm_v[i]``.
     """
-    body = copy.deepcopy(loop.body)
+    body = copy_tree(loop.body)
     replays: list[ast.stmt] = [None] * len(analysis.effects)  # type: ignore[list-item]
     by_position = {_position(e.stmt): e for e in analysis.effects}
     body = _EffectRecorder(by_position, replays).visit_block(body)
     clock = ast.Call(ast.Name(RESERVED + "clock", ast.Load()), [], [])
     mark = ast.Expr(ast.Call(ast.Name(RESERVED + "mark", ast.Load()), [clock], []))
-    target = copy.deepcopy(loop.target)
+    target = copy_tree(loop.target)
     inner = ast.For(target, ast.Name(RESERVED + "items", ast.Load()), [mark, *body], [])
     ret = ast.Return(ast.Call(ast.Name("locals", ast.Load()), [], []))
     args = ast.arguments(
@@ -378,10 +400,10 @@ class _EffectRecorder:
     def record(self, stmt: ast.stmt, eid: int) -> ast.stmt:
         """``__pm_rec((eid, (values...)))`` in the worker (bare values if it is the only
         effect of the loop); the replay statement for the kernel."""
-        replay = copy.deepcopy(stmt)
+        replay = copy_tree(stmt)
         worker_values = []
         for i, node in enumerate(effect_value_nodes(replay)):
-            worker_values.append(_as_value(copy.deepcopy(node)))
+            worker_values.append(_as_value(copy_tree(node)))
             _replace(replay, node, _placeholder(i, node))
         self.replays[eid] = replay
         values = ast.Tuple(worker_values, ast.Load())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from parmagic.rewrite import KernelStep, LoopStep, comprehension_to_loop, plan_cell
+from parmagic.rewrite import KernelStep, LoopStep, comprehension_to_loop, copy_tree, plan_cell
 
 
 def test_a_cell_splits_into_kernel_and_loop_steps_in_order() -> None:
@@ -40,3 +40,23 @@ def test_the_iterable_is_not_part_of_the_worker_code() -> None:
     plan = plan_cell("for i in range(10**12):\n    print(i)\n")
     (loop,) = plan.loops
     assert "range" not in loop.batch_code.co_consts[0].co_names  # evaluated once, in the kernel
+
+
+def test_copies_of_a_loop_leave_out_what_libraries_hang_on_shared_nodes() -> None:
+    """IPython's tracebacks (``executing``) set ``parent`` on every node of a file they show,
+    the ``Load()`` singleton that every parsed tree shares included: copying a cell's loop
+    must not drag that file's tree along (it made each cell take seconds after a traceback)."""
+    import executing
+
+    executing.Source.for_filename(executing.__file__)  # what showing a traceback there does
+    cell = "out = []\nfor i in range(3):\n    out.append(i + 1)\n"
+    loop = ast.parse(cell).body[1]
+    shared = loop.body[0].value.func.value.ctx
+    assert hasattr(shared, "parent")  # the premise: the singleton points into another tree
+    body = copy_tree(loop.body)
+    copied = [
+        node for node in ast.walk(ast.Module(body, [])) if not isinstance(node, ast.expr_context)
+    ]
+    assert ast.unparse(ast.Module(body, [])) == "out.append(i + 1)"
+    assert len(copied) == 9 and not any(hasattr(node, "parent") for node in copied)
+    assert all(node.lineno == 3 for node in copied if isinstance(node, ast.stmt))
