@@ -826,7 +826,7 @@ def _kernel_first(run: LoopRun, items: _Source, seen: SeenLoop) -> bool:
     namespace = run.cell.namespace
     captured = {n: namespace[n] for n in run.step.analysis.captured if n in namespace}
     run.streams = LoopStreams.start_in_kernel(captured)
-    watched, drew = run.streams.watch(), False
+    drew = False
     run.record.ran_in_kernel_from = 0
     run.record.auto_serial_note = (
         f"{seen.plain_cost * 1e6:.1f} us per iteration when it last ran: "
@@ -845,7 +845,7 @@ def _kernel_first(run: LoopRun, items: _Source, seen: SeenLoop) -> bool:
         judged = done.seconds >= KERNEL_FIRST_JUDGED_SECONDS and start < total
         if judged and not drew and workers_gain(per, total - start, seen, run.backend.n_workers):
             # a generator's state takes ~50 us to read: only looked at before moving
-            drew = bool(run.streams.moved(watched))
+            drew = bool(run.streams.moved(run.streams.before))
             if not drew:
                 _seen_loops.pop(_loop_key(run), None)
                 run.record.ran_in_kernel_from = None

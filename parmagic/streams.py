@@ -82,8 +82,8 @@ class LoopStreams:
     def __init__(self, mode: str, gens: dict[str, tuple[str, Any]]):
         self.mode = mode  # "watch" (threads) or "streams" (process workers, serial)
         self.gens = gens
-        self.entropy: dict[str, int] = {}
-        self.before: dict[str, Any] = {}
+        self.before: dict[str, Any] = {}  # the generators' states as the loop started
+        self._entropy: dict[str, int] | None = None
         self.drew: set[str] = set()
 
     @classmethod
@@ -108,10 +108,18 @@ class LoopStreams:
 
     @classmethod
     def start_in_kernel(cls, captured: dict[str, Any]) -> LoopStreams:
-        """Note the generators and their entropies as the loop starts."""
+        """Note the generators and their states as the loop starts."""
         streams = cls("streams", generators(captured))
-        streams.entropy = {i: digest(kind, g) for i, (kind, g) in streams.gens.items()}
+        streams.before = streams.watch()
         return streams
+
+    @property
+    def entropy(self) -> dict[str, int]:
+        """Each generator's entropy, from its state as the loop started (digested when first
+        asked: a loop that ends in the kernel without drawing never needs it)."""
+        if self._entropy is None:
+            self._entropy = {i: digest(state) for i, state in self.before.items()}
+        return self._entropy
 
     def watch(self) -> dict[str, Any]:
         """The generators' states now (to tell, later, whether anything drew)."""

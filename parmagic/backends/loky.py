@@ -36,7 +36,18 @@ class LokyBackend(Backend):
 
     def __init__(self, n_workers: int):
         super().__init__(n_workers)
-        self.executor = get_executor(n_workers)
+        self._executor: Any = None
+
+    @property
+    def executor(self) -> Any:
+        """The pool, asked for on first use (a loop that runs in the kernel needs none)."""
+        if self._executor is None:
+            self._executor = get_executor(self.n_workers)
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: Any) -> None:
+        self._executor = executor
 
     def publish(self, payload: Payload) -> PayloadRef:
         """Payload to scratch memory; tasks carry only its path."""

@@ -70,10 +70,11 @@ def state_of(kind: str, gen: Any) -> Any:
     return canonical(gen.bit_generator.state)
 
 
-def digest(kind: str, gen: Any) -> int:
-    """The entropy of ``gen``'s streams: a 256-bit blake2b of its state."""
+def digest(state: Any) -> int:
+    """The entropy of the streams of a generator in ``state`` (:func:`state_of`): a 256-bit
+    blake2b of it."""
     h = hashlib.blake2b(digest_size=32)
-    _feed(h, state_of(kind, gen))
+    _feed(h, state)
     return int.from_bytes(h.digest(), "little")
 
 
