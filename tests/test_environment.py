@@ -30,7 +30,8 @@ BACKENDS = ["loky", "multiprocessing"]
 
 
 def magic(backend: str) -> str:
-    return f"%%parallel -n 2 --no-progress --backend {backend} --chunksize 1"
+    # the workers' environment is the point: no part of a loop moves into the kernel
+    return f"%%parallel -n 2 --no-progress --no-auto-serial --backend {backend} --chunksize 1"
 
 
 def unique(prefix: str) -> str:

@@ -442,6 +442,9 @@ def test_parallel_cell_matches_plain_cell_or_is_refused(capsys: pytest.CaptureFi
         max_examples=EXAMPLES,
         deadline=None,
         derandomize=False,
+        # no "explain" phase: on Python 3.11 it traces every line and ran past the timeout,
+        # so that the failing cell was never shown
+        phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink),
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(cells(frozenset(FEATURES) - set(FAILING)))
