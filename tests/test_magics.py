@@ -171,7 +171,7 @@ def test_unsendable_value_is_refused_before_any_task_naming_it(ip, capsys) -> No
 
 
 def test_pool_resizes_with_n_jobs(ip, capsys) -> None:
-    cell = "%%parallel -n {n} --no-progress\nr = []\nfor i in range(8):\n    r.append(i)\n"
+    cell = "%%parallel -n {n} --no-progress --no-auto-serial\nr = []\nfor i in range(8):\n    r.append(i)\n"
     run(ip, cell.format(n=2), capsys)
     assert len(parmagic.status()["pids"]) == 2
     run(ip, cell.format(n=3), capsys)

@@ -161,6 +161,17 @@ def test_default_warning_shown_once_with_the_cells_line(kc: Any, backend: str) -
     assert strip.sub("", err) == strip.sub("", plain.stream("stderr"))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_warnings_of_a_batch_that_drew_random_numbers_are_shown(kc: Any, backend: str) -> None:
+    # a batch that drew runs again on its own streams: its warnings must be sent again too
+    assert execute(kc, "warnings.resetwarnings(); warnings.simplefilter('default')").ok
+    body = "import random\nfor i in range(4):\n    x = random.random()\n    warnings.warn(f'w{i}')\n"
+    par = execute(kc, f"%%parallel -n 2 --chunksize 2 --no-auto-serial --backend {backend}\n{body}")
+    assert par.ok, par.error()
+    shown = re.findall(r"UserWarning: (w\d)", par.stream("stderr"))
+    assert shown == ["w0", "w1", "w2", "w3"], par.stream("stderr")
+
+
 @pytest.mark.parametrize("backend", ["loky", "threads"])
 def test_pythons_own_default_filters_hold(kc: Any, backend: str) -> None:
     # Python's built-in filters name their module as a plain string, not a regex

@@ -110,8 +110,17 @@ class RichCapture:
     def __init__(self, state: Any, settings: RichSettings):
         self.state = state
         self.settings = settings
-        self.seen: set[tuple] = set()  # warnings shown once per location: already sent
+        self._seen: set[tuple] = set()  # warnings shown once per location: already sent
+        self._seen_in: Any = state.result
         self.inline = False
+
+    @property
+    def seen(self) -> set[tuple]:
+        """The once-per-location warnings already in this attempt's outputs: a batch that drew
+        random numbers runs again (streams.py) with fresh outputs, so it sends them again."""
+        if self._seen_in is not self.state.result:
+            self._seen, self._seen_in = set(), self.state.result
+        return self._seen
 
     def add(self, stream: str, payload: Any) -> None:
         """Append an output for the running iteration, after the effects recorded so far."""
