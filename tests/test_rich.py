@@ -165,7 +165,9 @@ def test_default_warning_shown_once_with_the_cells_line(kc: Any, backend: str) -
 def test_warnings_of_a_batch_that_drew_random_numbers_are_shown(kc: Any, backend: str) -> None:
     # a batch that drew runs again on its own streams: its warnings must be sent again too
     assert execute(kc, "warnings.resetwarnings(); warnings.simplefilter('default')").ok
-    body = "import random\nfor i in range(4):\n    x = random.random()\n    warnings.warn(f'w{i}')\n"
+    body = (
+        "import random\nfor i in range(4):\n    x = random.random()\n    warnings.warn(f'w{i}')\n"
+    )
     par = execute(kc, f"%%parallel -n 2 --chunksize 2 --no-auto-serial --backend {backend}\n{body}")
     assert par.ok, par.error()
     shown = re.findall(r"UserWarning: (w\d)", par.stream("stderr"))
