@@ -383,6 +383,8 @@ def compare(cell: str, options: str, capsys: Any) -> str:
         # as in a notebook: shown on stderr (pytest records them), once per message and line
         warnings.simplefilter("default")
         warnings.filterwarnings("ignore", message="hush")
+        # IPython's own, once a long run of cells fills its output cache
+        warnings.filterwarnings("ignore", message="Output cache limit")
         warnings.showwarning = _show_on_stderr
         return _compare(cell, options, capsys)
 
