@@ -57,7 +57,7 @@ def backend(n: int = 2) -> MultiprocessingBackend:
 
 
 def pids_of(ip, cell_name: str, capsys: pytest.CaptureFixture, n: int = 2) -> set[int]:
-    cell = f"%%parallel -n {n} --no-progress --backend multiprocessing\n{cell_name} = []\nfor i in range(20):\n    {cell_name}.append(os.getpid())\n"
+    cell = f"%%parallel -n {n} --no-progress --no-auto-serial --backend multiprocessing\n{cell_name} = []\nfor i in range(20):\n    {cell_name}.append(os.getpid())\n"
     result, _, err = run(ip, cell, capsys)
     assert result.success, err
     return set(ip.user_ns[cell_name])

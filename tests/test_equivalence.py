@@ -65,7 +65,7 @@ def test_redefinition_is_picked_up_by_next_cell(capsys: pytest.CaptureFixture) -
 def test_workers_are_not_the_kernel_and_are_reused(capsys: pytest.CaptureFixture) -> None:
     ip = shell()
     fresh(ip, "import os", capsys)
-    cell = "%%parallel -n 2 --no-progress\n{name} = []\nfor i in range(20):\n    {name}.append(os.getpid())\n"
+    cell = "%%parallel -n 2 --no-progress --no-auto-serial\n{name} = []\nfor i in range(20):\n    {name}.append(os.getpid())\n"
     run(ip, cell.format(name="p1"), capsys)
     run(ip, cell.format(name="p2"), capsys)
     p1, p2 = set(ip.user_ns["p1"]), set(ip.user_ns["p2"])
