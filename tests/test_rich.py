@@ -166,12 +166,15 @@ def test_warnings_of_a_batch_that_drew_random_numbers_are_shown(kc: Any, backend
     # a batch that drew runs again on its own streams: its warnings must be sent again too
     assert execute(kc, "warnings.resetwarnings(); warnings.simplefilter('default')").ok
     body = (
-        "import random\nfor i in range(4):\n    x = random.random()\n    warnings.warn(f'w{i}')\n"
+        "import random\nfor i in range(4):\n    x = random.random()\n"
+        "    warnings.warn(f'w{i}')\n    warnings.warn('same')\n"
     )
+    plain = execute(kc, "# plain\n" + body)
     par = execute(kc, f"%%parallel -n 2 --chunksize 2 --no-auto-serial --backend {backend}\n{body}")
     assert par.ok, par.error()
-    shown = re.findall(r"UserWarning: (w\d)", par.stream("stderr"))
-    assert shown == ["w0", "w1", "w2", "w3"], par.stream("stderr")
+    shown = re.findall(r"UserWarning: (\w+)", par.stream("stderr"))
+    assert shown == ["w0", "same", "w1", "w2", "w3"], par.stream("stderr")
+    assert shown == re.findall(r"UserWarning: (\w+)", plain.stream("stderr"))
 
 
 @pytest.mark.parametrize("backend", ["loky", "threads"])
