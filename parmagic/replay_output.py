@@ -98,6 +98,8 @@ def replay_warning(w: dict[str, Any], namespace: dict) -> None:
         registry = module_globals.setdefault("__warningregistry__", {})
     else:
         registry = _registries.setdefault(module or w["filename"], {})
+    if w.get("filters_changed"):  # as the iteration's own change did: registries start again
+        warnings._filters_mutated()
     warnings.warn_explicit(
         w["message"],
         _category(*w["category"]),

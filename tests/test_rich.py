@@ -177,6 +177,28 @@ def test_warnings_of_a_batch_that_drew_random_numbers_are_shown(kc: Any, backend
     assert shown == re.findall(r"UserWarning: (\w+)", plain.stream("stderr"))
 
 
+@pytest.mark.parametrize("backend", [*BACKENDS, "threads"])
+def test_a_warning_after_a_libraries_catch_warnings_shows_each_time(kc: Any, backend: str) -> None:
+    # scikit-learn's fit enters catch_warnings: Python's registries start again, so the plain
+    # loop shows its ConvergenceWarning once per fit, not once per cell
+    assert execute(kc, "warnings.resetwarnings(); warnings.simplefilter('default')").ok
+    setup = (
+        "def fit(i):\n"
+        "    with warnings.catch_warnings():\n"
+        "        warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "    warnings.warn('did not converge')\n"
+        "    return i\n"
+    )
+    assert execute(kc, setup).ok
+    body = "for i in range(5):\n    fit(i)\n    warnings.warn('once')\n"
+    plain = execute(kc, "# plain\n" + body)
+    par = execute(kc, f"%%parallel -n 2 --chunksize 2 --no-auto-serial --backend {backend}\n{body}")
+    assert par.ok, par.error()
+    shown = re.findall(r"UserWarning: (.+)", par.stream("stderr"))
+    assert shown == re.findall(r"UserWarning: (.+)", plain.stream("stderr"))
+    assert shown.count("did not converge") == 5 and shown.count("once") == 5, shown
+
+
 @pytest.mark.parametrize("backend", ["loky", "threads"])
 def test_pythons_own_default_filters_hold(kc: Any, backend: str) -> None:
     # Python's built-in filters name their module as a plain string, not a regex

@@ -94,6 +94,8 @@ class _Process:
     saved: dict[str, Any] = {}
     formatter: Any = None
     original: dict[str, Any] = {}  # IPython function name -> a copy with its own code
+    #: times the warning filters changed while capturing (``catch_warnings``, ``simplefilter``)
+    mutations = 0
 
 
 def _active() -> RichCapture | None:
@@ -112,6 +114,7 @@ class RichCapture:
         self.settings = settings
         self._seen: set[tuple] = set()  # warnings shown once per location: already sent
         self._seen_in: Any = state.result
+        self._mutations = _Process.mutations  # the filters' changes when it last warned
         self.inline = False
 
     @property
@@ -154,6 +157,13 @@ class RichCapture:
         module = _warning_module(filename)
         text = str(message)
         action = _action(self.settings, text, category, module, lineno)
+        # A change of the filters (a library's catch_warnings, as scikit-learn's fit has)
+        # empties Python's per-location registries, so the plain loop shows such a warning
+        # again: forget what was sent (but "once"), and have the kernel empty its own.
+        mutated = self._mutations != _Process.mutations
+        if mutated:
+            self._mutations = _Process.mutations
+            self._seen = {key for key in self.seen if len(key) == 2}
         key = {
             "once": (text, category),
             "module": (text, category, module),
@@ -169,6 +179,7 @@ class RichCapture:
             "filename": filename,
             "lineno": lineno,
             "module": module,
+            "filters_changed": mutated,
         }
         self.add(WARNING, payload)
 
@@ -204,10 +215,10 @@ def begin(state: Any, settings: RichSettings | None) -> RichCapture | None:
     """Start capturing for the batch of ``state`` (nothing without settings: in-kernel runs)."""
     if settings is None:
         return None
-    capture = RichCapture(state, settings)
     with _lock:
         if not _Process.captures:
             _install(settings)
+        capture = RichCapture(state, settings)
         _Process.captures.append(capture)
     _local.capture = capture
     _route_display()
@@ -260,6 +271,7 @@ def _install(settings: RichSettings) -> None:
     warnings.defaultaction = _always(settings.warning_default)
     warnings._filters_mutated()
     warnings.showwarning = _showwarning
+    warnings._filters_mutated = _count_mutation
     # logging: the kernel's levels; records that pass go to the capture, not to handlers
     manager = logging.Logger.manager
     saved["disable"] = manager.disable
@@ -273,6 +285,7 @@ def _install(settings: RichSettings) -> None:
 
 def _uninstall() -> None:
     saved = _Process.saved
+    warnings._filters_mutated = _filters_mutated
     warnings.filters, warnings.defaultaction = saved["filters"], saved["defaultaction"]
     warnings._filters_mutated()
     warnings.showwarning = saved["showwarning"]
@@ -281,6 +294,15 @@ def _uninstall() -> None:
         _logger(name).setLevel(level)
     logging.disable(saved["disable"])
     saved.clear()
+
+
+_filters_mutated = warnings._filters_mutated
+
+
+def _count_mutation() -> None:
+    # warnings.py calls its module's _filters_mutated on every change of the filters
+    _Process.mutations += 1
+    _filters_mutated()
 
 
 def _always(action: str) -> str:
